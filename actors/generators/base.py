@@ -1,0 +1,79 @@
+"""The generator interface: what PE asks of a foundation model or simulator.
+
+PE touches a generator only through two calls, so that any model behind them can
+make DP synthetic data:
+
+* ``random(labels, seed)`` draws fresh samples from the public prior, one per entry
+  of ``labels``;
+* ``variation(parents, degree, seed)`` draws one sample near each parent; a larger
+  degree moves it farther.
+
+A generator never sees private data. ``seed`` fully determines the output, so a
+shard retried after a crash reproduces its samples exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass
+class SampleBatch:
+    """A batch of synthetic samples, column-oriented.
+
+    ``images`` has the private set's shape and value range; ``params`` holds the
+    generator's own description of each sample (simulator parameters, latents, ...),
+    one array of length ``n`` per name, so that ``variation`` can start from it.
+    """
+
+    labels: np.ndarray
+    images: np.ndarray
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        n = len(self.labels)
+        if len(self.images) != n:
+            raise ValueError(f"SampleBatch: {len(self.images)} images for {n} labels")
+        for name, values in self.params.items():
+            if len(values) != n:
+                raise ValueError(f"SampleBatch: param {name!r} has {len(values)} rows for {n} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, index: np.ndarray) -> "SampleBatch":
+        """The rows at ``index`` (in that order, repeats allowed)."""
+        index = np.asarray(index, dtype=np.int64)
+        return SampleBatch(
+            labels=self.labels[index],
+            images=self.images[index],
+            params={k: v[index] for k, v in self.params.items()},
+        )
+
+    @staticmethod
+    def concat(batches: list["SampleBatch"]) -> "SampleBatch":
+        """One batch holding the rows of ``batches`` in order."""
+        if not batches:
+            raise ValueError("SampleBatch.concat needs at least one batch")
+        names = batches[0].params.keys()
+        return SampleBatch(
+            labels=np.concatenate([b.labels for b in batches]),
+            images=np.concatenate([b.images for b in batches]),
+            params={k: np.concatenate([b.params[k] for b in batches]) for k in names},
+        )
+
+
+class Generator(Protocol):
+    """What the PE driver needs of a generator actor."""
+
+    def random(self, labels: np.ndarray, seed: int) -> SampleBatch:
+        """One fresh sample from the prior for each entry of ``labels``."""
+        ...
+
+    def variation(self, parents: SampleBatch, degree: float, seed: int) -> SampleBatch:
+        """One sample near each parent, at distance governed by ``degree`` in [0, 1]."""
+        ...

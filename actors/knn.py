@@ -1,0 +1,102 @@
+"""Exact k-nearest-neighbour search, chunked so memory stays bounded.
+
+The vote is a kNN with the synthetic samples of a class as the database and the
+private samples of that class as queries. Search is exact (no approximate index:
+an approximate one would make the vote depend on index build randomness) and is
+chunked over queries and over the database, so peak memory is about
+
+    4 bytes * (query_chunk * db_chunk + (query_chunk + db_chunk) * d + 2 * query_chunk * k)
+
+on top of the inputs, whatever the sizes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BACKENDS = ("faiss", "torch", "numpy")
+
+
+def _faiss_block(queries: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    import faiss
+
+    distances, indices = faiss.knn(queries, base, k)
+    return distances, indices
+
+
+def _torch_block(queries: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+
+    q = torch.from_numpy(queries)
+    b = torch.from_numpy(base)
+    d2 = (q * q).sum(1, keepdim=True) - 2.0 * (q @ b.T) + (b * b).sum(1)[None, :]
+    values, indices = torch.topk(d2, k, dim=1, largest=False, sorted=True)
+    return values.numpy(), indices.numpy()
+
+
+def _numpy_block(queries: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    d2 = (queries * queries).sum(1)[:, None] - 2.0 * (queries @ base.T) + (base * base).sum(1)[None, :]
+    part = np.argpartition(d2, k - 1, axis=1)[:, :k]
+    part_d = np.take_along_axis(d2, part, axis=1)
+    order = np.argsort(part_d, axis=1, kind="stable")
+    return np.take_along_axis(part_d, order, axis=1), np.take_along_axis(part, order, axis=1)
+
+
+_BLOCKS = {"faiss": _faiss_block, "torch": _torch_block, "numpy": _numpy_block}
+
+
+def available_backend(preferred: str = "faiss") -> str:
+    """``preferred`` if it imports here, else the first backend that does."""
+    for name in (preferred, *BACKENDS):
+        if name == "numpy":
+            return name
+        try:
+            __import__(name)
+            return name
+        except ImportError:
+            continue
+    return "numpy"
+
+
+def exact_knn(
+    queries: np.ndarray,
+    database: np.ndarray,
+    k: int,
+    *,
+    backend: str = "faiss",
+    query_chunk: int = 8192,
+    db_chunk: int = 65536,
+) -> np.ndarray:
+    """Indices (n_queries, k) of each query's k nearest database rows by L2 distance.
+
+    Rows of the result are sorted nearest first and hold distinct indices.
+    """
+    if backend not in _BLOCKS:
+        raise ValueError(f"knn backend must be one of {BACKENDS}, got {backend!r}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    database = np.ascontiguousarray(database, dtype=np.float32)
+    n_db = len(database)
+    if k > n_db:
+        raise ValueError(f"k={k} exceeds the {n_db} database rows")
+    if queries.ndim != 2 or database.ndim != 2 or queries.shape[1] != database.shape[1]:
+        raise ValueError(f"shape mismatch: queries {queries.shape}, database {database.shape}")
+    block = _BLOCKS[backend]
+    out = np.empty((len(queries), k), dtype=np.int64)
+    for q0 in range(0, len(queries), query_chunk):
+        q = queries[q0 : q0 + query_chunk]
+        best_d = np.full((len(q), 0), np.inf, dtype=np.float32)
+        best_i = np.empty((len(q), 0), dtype=np.int64)
+        for b0 in range(0, n_db, db_chunk):
+            base = database[b0 : b0 + db_chunk]
+            kk = min(k, len(base))
+            d, i = block(q, base, kk)
+            best_d = np.concatenate([best_d, d.astype(np.float32)], axis=1)
+            best_i = np.concatenate([best_i, i.astype(np.int64) + b0], axis=1)
+            if best_d.shape[1] > k:
+                keep = np.argsort(best_d, axis=1, kind="stable")[:, :k]
+                best_d = np.take_along_axis(best_d, keep, axis=1)
+                best_i = np.take_along_axis(best_i, keep, axis=1)
+        out[q0 : q0 + len(q)] = best_i
+    return out

@@ -1,0 +1,135 @@
+"""A voter shard: the private embeddings of some classes and their kNN vote.
+
+A shard reads the private samples of its classes once, embeds them, and keeps only
+the embeddings, in its own memory. Each generation it receives the synthetic
+samples of its classes, embeds them (averaging over lookahead variations), and
+returns one un-noised vote histogram per class. Those histograms go to the driver
+and nowhere else: the driver adds the noise before anything is logged or stored.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from actors.embedders import make_embedder
+from actors.knn import exact_knn
+from pipelines.data import load_private
+from pipelines.histogram import vote_histogram
+
+
+class VoterShard:
+    """Holds the private embeddings of ``labels`` and votes for their synthetic samples."""
+
+    def __init__(
+        self,
+        dataset: str,
+        labels: Sequence[int],
+        embedder: str,
+        max_value: float,
+        sample_shape: Sequence[int],
+        k: int,
+        knn_backend: str = "faiss",
+        query_chunk: int = 8192,
+        db_chunk: int = 65536,
+        threads: int = 1,
+    ) -> None:
+        _limit_threads(threads)
+        self.labels = tuple(int(v) for v in labels)
+        self.sample_shape = tuple(int(s) for s in sample_shape)
+        self.k = int(k)
+        self.knn_backend = knn_backend
+        self.query_chunk = query_chunk
+        self.db_chunk = db_chunk
+        self._embedder = make_embedder(embedder, max_value)
+        start = time.process_time()
+        private = load_private(dataset, self.labels)
+        embedded = self._embedder.embed(private.images)
+        self._private = {label: embedded[private.labels == label] for label in self.labels}
+        self._cpu = time.process_time() - start
+        self._busy = 0.0
+
+    def ready(self) -> bool:
+        """True once the private embeddings are loaded (for start-up barriers)."""
+        return True
+
+    def vote(self, batch_labels: Sequence[int], *batches: np.ndarray) -> dict[int, np.ndarray]:
+        """Un-noised vote histograms, one per class of ``batch_labels``.
+
+        ``batches[i]`` holds synthetic samples of class ``batch_labels[i]``, shaped
+        (n, *sample_shape) or, with lookahead, (n, L, *sample_shape); batches of one
+        class are concatenated in order, and the histogram of a class has one bin
+        per synthetic row in that order.
+        """
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        grouped: dict[int, list[np.ndarray]] = {}
+        for label, batch in zip(batch_labels, batches, strict=True):
+            label = int(label)
+            if label not in self._private:
+                raise ValueError(f"voter shard holds classes {self.labels}, not {label}")
+            grouped.setdefault(label, []).append(np.asarray(batch))
+        histograms = {}
+        for label, parts in grouped.items():
+            synthetic = np.concatenate(parts)
+            histograms[label] = self._vote_class(label, synthetic)
+        self._busy += time.perf_counter() - wall0
+        self._cpu += time.process_time() - cpu0
+        return histograms
+
+    def _vote_class(self, label: int, synthetic: np.ndarray) -> np.ndarray:
+        n = len(synthetic)
+        sample_ndim = self._sample_ndim(synthetic)
+        if sample_ndim is None:
+            embedded = self._embedder.embed(synthetic)
+        else:
+            lookahead = synthetic.shape[1]
+            flat = synthetic.reshape(n * lookahead, *synthetic.shape[2:])
+            embedded = self._embedder.embed(flat).reshape(n, lookahead, -1).mean(axis=1)
+        k = min(self.k, n)
+        neighbours = exact_knn(
+            self._private[label],
+            embedded,
+            k,
+            backend=self.knn_backend,
+            query_chunk=self.query_chunk,
+            db_chunk=self.db_chunk,
+        )
+        # k is capped by the class's synthetic count; weights stay 1/sqrt(k) for that k,
+        # so each private sample still contributes L2 norm exactly 1.
+        return vote_histogram(neighbours, n)
+
+    def _sample_ndim(self, synthetic: np.ndarray) -> int | None:
+        """None for (n, *shape) input, 1 for lookahead input (n, L, *shape)."""
+        if synthetic.shape[1:] == self.sample_shape:
+            return None
+        if synthetic.ndim == len(self.sample_shape) + 2 and synthetic.shape[2:] == self.sample_shape:
+            return 1
+        raise ValueError(f"synthetic batch has shape {synthetic.shape}; samples must have shape {self.sample_shape}")
+
+    def stats(self) -> dict[str, float]:
+        """CPU and busy seconds since the last call (metering)."""
+        out = {"cpu_seconds": self._cpu, "busy_seconds": self._busy}
+        self._cpu = 0.0
+        self._busy = 0.0
+        return out
+
+
+def _limit_threads(threads: int) -> None:
+    """Keep a worker to its share of cores (Ray workers otherwise oversubscribe)."""
+    import os
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass

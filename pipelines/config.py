@@ -1,0 +1,191 @@
+"""Typed run configs, read from YAML.
+
+Configs are data: they are parsed with ``yaml.safe_load`` and validated by the
+models below (unknown fields refused); nothing in a config is executed or
+imported. Every error names the file and the dotted field.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot run, with the file and field it concerns."""
+
+    def __init__(self, source: str, field: str, message: str) -> None:
+        self.source = source
+        self.field = field
+        super().__init__(f"{source}: {field}: {message}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PrivacyConfig(_Strict):
+    """The DP target. ``epsilon`` is the whole run's budget at ``delta``."""
+
+    epsilon: float = Field(gt=0, description="target epsilon for the whole run")
+    delta: float = Field(gt=0, lt=1, description="target delta; must be < 1/n_private")
+    neighbour: Literal["add_remove", "replace"] = Field(
+        "add_remove", description="neighbouring datasets: add/remove one sample, or replace one"
+    )
+
+    @field_validator("epsilon")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be finite")
+        return value
+
+
+class DataConfig(_Strict):
+    name: Literal["digits"] = "digits"
+    labels: list[int] | None = Field(
+        None, description="the public label set; default: every label of the dataset"
+    )
+
+
+class PopulationConfig(_Strict):
+    per_class: int = Field(100, ge=1, description="synthetic samples per class in each generation")
+    final_per_class: int = Field(
+        500, ge=1, description="samples per class in the released synthetic set"
+    )
+    shard_size: int = Field(
+        250, ge=1, description="rows per generator task; fixes the seeds, independent of actor count"
+    )
+
+
+class VariationConfig(_Strict):
+    degree_start: float = Field(0.6, gt=0, le=1)
+    degree_end: float = Field(0.15, gt=0, le=1)
+    schedule: Literal["geometric", "linear", "constant"] = "geometric"
+    final_degree: float = Field(
+        0.1, ge=0, le=1, description="degree of the variations that make the released set; 0 = copies of parents"
+    )
+
+
+class VoteConfig(_Strict):
+    k: int = Field(1, ge=1, description="neighbours per private sample; each vote weighs 1/sqrt(k)")
+    threshold: float = Field(1.0, ge=0, description="H, in units of the noise sigma")
+    lookahead: int = Field(0, ge=0, description="embed a sample as the mean of this many variations of it")
+    selection: Literal["sample", "rank"] = "sample"
+    knn_backend: Literal["faiss", "torch", "numpy"] = "faiss"
+    query_chunk: int = Field(8192, ge=1)
+    db_chunk: int = Field(65536, ge=1)
+
+
+class GeneratorConfig(_Strict):
+    kind: Literal["simulator"] = "simulator"
+    fonts: list[str] | None = Field(None, description="font files; default: the fonts matplotlib ships")
+
+
+class EmbedderConfig(_Strict):
+    kind: Literal["pixels"] = "pixels"
+
+
+class EvaluationConfig(_Strict):
+    classifier: Literal["svc", "logreg", "knn"] = "svc"
+    every_generation: bool = True
+
+
+class ResourcesConfig(_Strict):
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance (default: all)")
+    generator_cpus: float = Field(0.5, gt=0)
+    voter_cpus: float = Field(0.5, gt=0)
+    voter_shards: int = Field(1, ge=1, description="voter actors; classes are split among them")
+
+
+class RunConfig(_Strict):
+    """A synthesize run."""
+
+    name: str = "run"
+    seed: int = Field(0, ge=0, description="public seed of generation and selection (never of noise)")
+    generations: int = Field(3, ge=1, description="T: PE generations, one noisy release each")
+    generators: int = Field(2, ge=1, description="generator actors")
+    privacy: PrivacyConfig
+    data: DataConfig = DataConfig()
+    population: PopulationConfig = PopulationConfig()
+    variation: VariationConfig = VariationConfig()
+    vote: VoteConfig = VoteConfig()
+    generator: GeneratorConfig = GeneratorConfig()
+    embedder: EmbedderConfig = EmbedderConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` overrides; values are parsed as YAML scalars/lists."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(source, item, "override must look like dotted.key=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(source, key, "empty component in dotted key")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(source, key, f"value {text!r} is not valid YAML: {exc}") from None
+        node = raw
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(source, ".".join(parts[: depth + 1]), "is not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def parse_config(raw: Any, source: str) -> RunConfig:
+    """Validate a parsed mapping; errors name ``source`` and the first bad field."""
+    if not isinstance(raw, dict):
+        raise ConfigError(source, "(top level)", f"expected a mapping, got {type(raw).__name__}")
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = _field_path(first["loc"])
+        message = first["msg"]
+        if first["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif "input" in first and first["type"] != "missing":
+            message = f"{message} (got {first['input']!r})"
+        others = len(exc.errors()) - 1
+        if others:
+            message += f" (and {others} more problem{'s' if others > 1 else ''})"
+        raise ConfigError(source, field, message) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate a YAML run config."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(source, "(file)", f"cannot read: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, "(file)", f"not valid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    if isinstance(raw, dict):
+        raw = apply_overrides(raw, overrides or [], source)
+    return parse_config(raw, source)
+
+
+def dump_config(config: RunConfig) -> str:
+    """The fully resolved config as YAML (every default written out)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,84 @@
+"""How good is a synthetic set: downstream accuracy and Frechet distance.
+
+Both are measured against held-out real data by default. The one reference that
+touches the private set (a classifier trained on it) is computed by
+:func:`private_reference_accuracy` and marked as such in the report.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import linalg
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.svm import SVC
+
+from pipelines.data import load_heldout, load_private
+
+CLASSIFIERS = ("svc", "logreg", "knn")
+
+
+def make_classifier(kind: str):
+    """The downstream classifier family; the same one scores every row of a report."""
+    if kind == "svc":
+        return SVC(C=10.0, gamma="scale")
+    if kind == "logreg":
+        return LogisticRegression(C=1.0, max_iter=3000)
+    if kind == "knn":
+        return KNeighborsClassifier(n_neighbors=5)
+    raise ValueError(f"unknown classifier {kind!r}; known: {', '.join(CLASSIFIERS)}")
+
+
+def _features(images: np.ndarray, max_value: float) -> np.ndarray:
+    return np.asarray(images, dtype=np.float64).reshape(len(images), -1) / max_value
+
+
+def downstream_accuracy(
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    *,
+    classifier: str,
+    max_value: float,
+) -> float:
+    """Accuracy on the test set of a classifier trained on the training set."""
+    if len(np.unique(train_labels)) < 2:
+        return float(np.mean(test_labels == train_labels[0])) if len(train_labels) else 0.0
+    model = make_classifier(classifier)
+    model.fit(_features(train_images, max_value), train_labels)
+    return float(np.mean(model.predict(_features(test_images, max_value)) == test_labels))
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to two sets of embeddings (FID's formula)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a = np.atleast_2d(np.cov(a, rowvar=False))
+    cov_b = np.atleast_2d(np.cov(b, rowvar=False))
+    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    if not np.all(np.isfinite(covmean)):
+        eps = np.eye(len(cov_a)) * 1e-6
+        covmean = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))
+    covmean = np.real(covmean)
+    value = float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean))
+    return max(value, 0.0)
+
+
+def private_reference_accuracy(dataset: str, classifier: str, max_value: float) -> float:
+    """Held-out accuracy of the classifier trained on the real private set.
+
+    Touches private data (it is the ceiling synthetic data is compared with); the
+    report marks it so. Run it where private data may be read (a Ray task).
+    """
+    private = load_private(dataset)
+    heldout = load_heldout(dataset)
+    return downstream_accuracy(
+        private.images,
+        private.labels,
+        heldout.images,
+        heldout.labels,
+        classifier=classifier,
+        max_value=max_value,
+    )
