@@ -1,0 +1,627 @@
+"""The PE driver: generations of generate -> embed/vote -> release -> select.
+
+The driver holds no private data. Each generation t = 1..T it
+
+1. sends the synthetic population S_{t-1}, class by class, to the voter shards
+   (optionally as lookahead variations made by the generator actors, passed
+   actor-to-actor as Ray object references), which return un-noised vote
+   histograms;
+2. releases the histograms through the Gaussian mechanism, with noise from OS
+   entropy, and records the release in the privacy ledger (fsynced) before using
+   it; the un-noised histograms are dropped right there;
+3. thresholds the noisy counts and draws parents per class;
+4. has the generator actors make S_t as variations of the parents, in shards of a
+   fixed size, each with a seed derived from (run seed, generation, stage, class,
+   shard): a retried shard, a resumed run, or a different number of actors gives
+   the same samples;
+5. checkpoints S_t and the metrics so far.
+
+``--resume`` continues from the last checkpoint; a release found in the ledger is
+loaded, never drawn again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from actors.generators.base import SampleBatch
+from pipelines.config import ConfigError, RunConfig, dump_config, load_config
+from pipelines.data import DatasetInfo, dataset_info, load_heldout, synthetic_table, write_parquet_atomic
+from pipelines.histogram import degree_schedule, select_parents, sensitivity, threshold_counts
+from pipelines.metrics import downstream_accuracy, frechet_distance, private_reference_accuracy
+from pipelines.privacy import (
+    NOISE_SOURCE_OS,
+    NOISE_SOURCE_SEEDED,
+    BudgetError,
+    GaussianMechanism,
+    PrivacyLedger,
+    PrivacyPlan,
+    plan_releases,
+    release_rng,
+)
+
+# Stage codes mixed into derived seeds.
+_RANDOM, _VARIATION, _LOOKAHEAD, _SELECT, _FINAL, _PRIOR_BASELINE = range(6)
+_ID_STRIDE = 1 << 32
+
+# Config fields that may change when a run is resumed: they affect speed, not results.
+RESUMABLE_CHANGES = ("generators", "resources", "vote.knn_backend", "vote.query_chunk", "vote.db_chunk")
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """A 63-bit seed for one piece of work, derived from the public run seed and keys."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def noise_generator(generation: int, insecure_noise_seed: int | None) -> np.random.Generator:
+    """The generator of one release's noise: OS entropy unless a test asks otherwise."""
+    if insecure_noise_seed is None:
+        return release_rng()
+    return release_rng(derive_seed(insecure_noise_seed, generation))
+
+
+@dataclass
+class Population:
+    """A generation's synthetic samples, class-major, with their lineage."""
+
+    ids: np.ndarray
+    parent_ids: np.ndarray
+    generation: np.ndarray
+    batch: SampleBatch
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def class_rows(self, label: int) -> np.ndarray:
+        return np.flatnonzero(self.batch.labels == label)
+
+    def table(self, max_value: float):
+        return synthetic_table(
+            self.ids, self.batch.labels, self.generation, self.parent_ids,
+            self.batch.images, self.batch.params, max_value,
+        )
+
+    @staticmethod
+    def from_parquet(path: Path, image_shape: tuple[int, ...]) -> "Population":
+        table = pq.read_table(path)
+        n = table.num_rows
+        flat = table.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        params = {}
+        for name in table.column_names:
+            if name.startswith("param_"):
+                column = table.column(name).combine_chunks()
+                if pa.types.is_fixed_size_list(column.type):
+                    params[name[6:]] = column.flatten().to_numpy(zero_copy_only=False).reshape(n, -1)
+                else:
+                    params[name[6:]] = column.to_numpy(zero_copy_only=False)
+        return Population(
+            ids=table.column("id").to_numpy(),
+            parent_ids=table.column("parent_id").to_numpy(),
+            generation=table.column("generation").to_numpy(),
+            batch=SampleBatch(
+                labels=table.column("label").to_numpy(),
+                images=flat.reshape(n, *image_shape).astype(np.float32),
+                params=params,
+            ),
+        )
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    report: dict[str, Any]
+
+
+@dataclass
+class _Meter:
+    """Wall seconds per stage of one generation."""
+
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.stages[stage] = self.stages.get(stage, 0.0) + seconds
+
+
+class _Timer:
+    def __init__(self, meter: _Meter, stage: str, progress: "Progress | None") -> None:
+        self.meter, self.stage, self.progress = meter, stage, progress
+
+    def __enter__(self):
+        if self.progress is not None:
+            self.progress.stage(self.stage)
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.meter.add(self.stage, time.perf_counter() - self.t0)
+        return False
+
+
+class Progress:
+    """Progress bars per generation and stage (rich), or nothing when quiet."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self._bar = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as RichProgress
+
+            self._bar = RichProgress(
+                TextColumn("[bold]PE[/bold] {task.description}"), BarColumn(),
+                MofNCompleteColumn(), TimeElapsedColumn(), transient=False,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("starting", total=total)
+
+    def stage(self, name: str) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, description=name)
+
+    def advance(self, completed: int) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=completed)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_config(config: RunConfig, source: str) -> tuple[PrivacyPlan, DatasetInfo, tuple[int, ...]]:
+    """Everything that can be refused before private data is read or budget spent."""
+    try:
+        plan = plan_releases(config.privacy.epsilon, config.privacy.delta, config.generations)
+    except BudgetError as exc:
+        text = str(exc)
+        field_name = next(
+            (f for f in ("privacy.epsilon", "privacy.delta", "generations") if f in text), "privacy"
+        )
+        raise ConfigError(source, field_name, text) from None
+    try:
+        info = dataset_info(config.data.name)
+    except ValueError as exc:
+        raise ConfigError(source, "data.name", str(exc)) from None
+    labels = tuple(config.data.labels) if config.data.labels is not None else info.labels
+    if not labels:
+        raise ConfigError(source, "data.labels", "the label set is empty")
+    if len(set(labels)) != len(labels):
+        raise ConfigError(source, "data.labels", f"repeated labels in {list(labels)}")
+    for label in labels:
+        if info.class_counts.get(label, 0) == 0:
+            raise ConfigError(
+                source, "data.labels",
+                f"class {label} has no private samples (empty class); classes with data: {list(info.labels)}",
+            )
+    n_private = sum(info.class_counts[label] for label in labels)
+    if config.privacy.delta >= 1.0 / n_private:
+        raise ConfigError(
+            source, "privacy.delta",
+            f"{config.privacy.delta:g} is not below 1/n = {1.0 / n_private:.3g} (n = {n_private} private samples)",
+        )
+    if config.vote.k > config.population.per_class:
+        raise ConfigError(
+            source, "vote.k",
+            f"{config.vote.k} neighbours exceed population.per_class = {config.population.per_class}",
+        )
+    if config.variation.degree_end > config.variation.degree_start:
+        raise ConfigError(source, "variation.degree_end", "must not exceed variation.degree_start")
+    return plan, info, labels
+
+
+def _config_differences(stored: dict[str, Any], given: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(stored) | set(given)):
+        path = f"{prefix}{key}"
+        a, b = stored.get(key), given.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(_config_differences(a, b, path + "."))
+        elif a != b:
+            out.append(path)
+    return out
+
+
+def check_resume(config: RunConfig, run_dir: Path, source: str) -> None:
+    """Refuse to resume ``run_dir`` under a config that would change its results."""
+    stored_path = run_dir / "config.yaml"
+    if not stored_path.exists():
+        raise ConfigError(str(run_dir), "config.yaml", "not a privevo run directory (no config.yaml)")
+    stored = load_config(stored_path).model_dump(mode="json")
+    given = config.model_dump(mode="json")
+    for path in _config_differences(stored, given):
+        if any(path == allowed or path.startswith(allowed + ".") for allowed in RESUMABLE_CHANGES):
+            continue
+        a, b = stored, given
+        for part in path.split("."):
+            a = a.get(part) if isinstance(a, dict) else None
+            b = b.get(part) if isinstance(b, dict) else None
+        raise ConfigError(
+            source, path,
+            f"differs from the run being resumed in {run_dir} (stored {a!r}, given {b!r}); "
+            "start a new run directory instead",
+        )
+
+
+# --------------------------------------------------------------------------- driver
+
+
+class _Actors:
+    """The run's Ray actors: long-lived generator workers and voter shards."""
+
+    def __init__(self, config: RunConfig, info: DatasetInfo, labels: tuple[int, ...]) -> None:
+        import ray
+
+        from actors.generators.worker import GeneratorWorker
+        from actors.voter import VoterShard
+
+        self.ray = ray
+        restart = {"max_restarts": 3, "max_task_retries": 3}
+        generator_cls = ray.remote(GeneratorWorker).options(num_cpus=config.resources.generator_cpus, **restart)
+        options: dict[str, Any] = {}
+        if config.generator.fonts is not None:
+            options["fonts"] = list(config.generator.fonts)
+        self.generators = [generator_cls.remote(config.generator.kind, options) for _ in range(config.generators)]
+        voter_cls = ray.remote(VoterShard).options(num_cpus=config.resources.voter_cpus, **restart)
+        n_shards = min(config.resources.voter_shards, len(labels))
+        self.voter_labels = [labels[i::n_shards] for i in range(n_shards)]
+        self.voters = [
+            voter_cls.remote(
+                info.name, shard_labels, config.embedder.kind, info.max_value, info.image_shape,
+                config.vote.k, config.vote.knn_backend, config.vote.query_chunk, config.vote.db_chunk,
+            )
+            for shard_labels in self.voter_labels
+        ]
+        self.voter_of = {label: i for i, shard in enumerate(self.voter_labels) for label in shard}
+        self._next = 0
+
+    def generator(self):
+        """Generator actors in turn (shards are spread round-robin)."""
+        actor = self.generators[self._next % len(self.generators)]
+        self._next += 1
+        return actor
+
+    def wait_ready(self) -> None:
+        self.ray.get([v.ready.remote() for v in self.voters])
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        gen = self.ray.get([g.stats.remote() for g in self.generators])
+        vot = self.ray.get([v.stats.remote() for v in self.voters])
+        return {
+            "generators": {k: float(sum(s[k] for s in gen)) for k in ("cpu_seconds", "busy_seconds")},
+            "voters": {k: float(sum(s[k] for s in vot)) for k in ("cpu_seconds", "busy_seconds")},
+        }
+
+    def shutdown(self) -> None:
+        for actor in [*self.generators, *self.voters]:
+            self.ray.kill(actor)
+
+
+def _shards(n: int, size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+class Synthesis:
+    """One synthesize run in one run directory."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        plan: PrivacyPlan,
+        info: DatasetInfo,
+        labels: tuple[int, ...],
+        *,
+        insecure_noise_seed: int | None = None,
+        progress: bool = False,
+        after_release: Callable[[int], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.plan = plan
+        self.info = info
+        self.labels = labels
+        self.insecure_noise_seed = insecure_noise_seed
+        self.noise_source = NOISE_SOURCE_OS if insecure_noise_seed is None else NOISE_SOURCE_SEEDED
+        self.mechanism = GaussianMechanism(plan.noise_multiplier, sensitivity(config.privacy.neighbour))
+        self.threshold = config.vote.threshold * self.mechanism.sigma
+        self.degrees = degree_schedule(
+            config.variation.degree_start, config.variation.degree_end, config.generations, config.variation.schedule
+        )
+        self.ledger = PrivacyLedger(run_dir)
+        self.checkpoint_dir = run_dir / "checkpoint"
+        self.progress_enabled = progress
+        self.after_release = after_release
+        self.heldout = load_heldout(info.name)
+
+    # ----------------------------------------------------------------- generation work
+
+    def _generate(self, actors: _Actors, stage: int, generation: int, parents: SampleBatch | None,
+                  per_class: int, degree: float, parent_ids: np.ndarray | None) -> Population:
+        """Per class, ``per_class`` new samples: fresh (parents None) or variations of parents."""
+        refs, meta = [], []
+        for label in self.labels:
+            for j, (a, b) in enumerate(_shards(per_class, self.config.population.shard_size)):
+                seed = derive_seed(self.config.seed, generation, stage, label, j)
+                if parents is None:
+                    refs.append(actors.generator().random.remote(np.full(b - a, label), seed))
+                    meta.append(np.full(b - a, -1, dtype=np.int64))
+                else:
+                    rows = np.flatnonzero(parents.labels == label)[a:b]
+                    refs.append(actors.generator().variation.remote(parents.take(rows), degree, seed))
+                    meta.append(parent_ids[rows])
+        batches = actors.ray.get(refs)
+        batch = SampleBatch.concat(batches)
+        n = len(batch)
+        return Population(
+            ids=generation * _ID_STRIDE + np.arange(n, dtype=np.int64),
+            parent_ids=np.concatenate(meta),
+            generation=np.full(n, generation, dtype=np.int64),
+            batch=batch,
+        )
+
+    def _vote(self, actors: _Actors, population: Population, generation: int, degree: float) -> np.ndarray:
+        """The un-noised histogram over ``population`` rows (class-major). Private."""
+        ray = actors.ray
+        per_voter: dict[int, tuple[list[int], list[Any]]] = {}
+        lookahead = self.config.vote.lookahead
+        for label in self.labels:
+            rows = population.class_rows(label)
+            for j, (a, b) in enumerate(_shards(len(rows), self.config.population.shard_size)):
+                shard = population.batch.take(rows[a:b])
+                if lookahead > 0:
+                    seed = derive_seed(self.config.seed, generation, _LOOKAHEAD, label, j)
+                    ref = actors.generator().lookahead.remote(shard, degree, lookahead, seed)
+                else:
+                    ref = ray.put(shard.images)
+                labels_, refs_ = per_voter.setdefault(actors.voter_of[label], ([], []))
+                labels_.append(label)
+                refs_.append(ref)
+        results = ray.get([
+            actors.voters[v].vote.remote(labels_, *refs_) for v, (labels_, refs_) in per_voter.items()
+        ])
+        merged: dict[int, np.ndarray] = {}
+        for result in results:
+            merged.update(result)
+        return np.concatenate([merged[label] for label in self.labels])
+
+    def _release(self, raw: np.ndarray, generation: int) -> np.ndarray:
+        """Noise, ledger (fsynced), then hand back the noisy histogram."""
+        noisy = self.mechanism.release(raw, noise_generator(generation, self.insecure_noise_seed))
+        self.ledger.record_release(
+            generation, noisy,
+            noise_multiplier=self.mechanism.noise_multiplier,
+            sensitivity=self.mechanism.sensitivity,
+            threshold=self.threshold,
+            noise_source=self.noise_source,
+        )
+        return noisy
+
+    def _select(self, population: Population, noisy: np.ndarray, generation: int, per_class: int):
+        counts = threshold_counts(noisy, self.threshold)
+        chosen, positive = [], {}
+        for label in self.labels:
+            rows = population.class_rows(label)
+            rng = np.random.default_rng(derive_seed(self.config.seed, generation, _SELECT, label))
+            picks = select_parents(counts[rows], per_class, rng, self.config.vote.selection)
+            chosen.append(rows[picks])
+            positive[str(label)] = int(np.count_nonzero(counts[rows]))
+        index = np.concatenate(chosen)
+        return population.batch.take(index), population.ids[index], positive
+
+    # ----------------------------------------------------------------- evaluation
+
+    def _evaluate(self, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        from actors.embedders import make_embedder
+
+        embedder = make_embedder(self.config.embedder.kind, self.info.max_value)
+        accuracy = downstream_accuracy(
+            images, labels, self.heldout.images, self.heldout.labels,
+            classifier=self.config.evaluation.classifier, max_value=self.info.max_value,
+        )
+        fd = frechet_distance(embedder.embed(images), embedder.embed(self.heldout.images))
+        return {"accuracy": accuracy, "frechet_distance": fd}
+
+    # ----------------------------------------------------------------- checkpoints
+
+    def _save_checkpoint(self, population: Population, state: dict[str, Any]) -> None:
+        self.checkpoint_dir.mkdir(exist_ok=True)
+        write_parquet_atomic(population.table(self.info.max_value), self.checkpoint_dir / "population.parquet")
+        _write_json_atomic(self.checkpoint_dir / "state.json", state)
+
+    def _load_checkpoint(self) -> tuple[Population, dict[str, Any]] | None:
+        state_path = self.checkpoint_dir / "state.json"
+        if not state_path.exists():
+            return None
+        state = json.loads(state_path.read_text())
+        population = Population.from_parquet(self.checkpoint_dir / "population.parquet", self.info.image_shape)
+        if len(population) != state["population_size"]:
+            raise ValueError(f"{self.checkpoint_dir}: population.parquet does not match state.json")
+        return population, state
+
+    # ----------------------------------------------------------------- the run
+
+    def run(self) -> dict[str, Any]:
+        import ray
+
+        wall0 = time.perf_counter()
+        started_ray = False
+        if not ray.is_initialized():
+            ray.init(
+                num_cpus=self.config.resources.num_cpus,
+                include_dashboard=False,
+                logging_level="warning",
+                log_to_driver=False,
+            )
+            started_ray = True
+        ray_start = time.perf_counter() - wall0
+        progress = Progress(self.config.generations, self.progress_enabled)
+        actors = None
+        try:
+            actors = _Actors(self.config, self.info, self.labels)
+            report = self._run(actors, progress, wall0, ray_start)
+        finally:
+            progress.close()
+            if actors is not None:
+                actors.shutdown()
+            if started_ray:
+                ray.shutdown()
+        return report
+
+    def _run(self, actors: _Actors, progress: Progress, wall0: float, ray_start: float) -> dict[str, Any]:
+        cfg = self.config
+        T = cfg.generations
+        self.ledger.repair()
+        loaded = self._load_checkpoint()
+        if loaded is None:
+            meter = _Meter()
+            with _Timer(meter, "generate", progress):
+                population = self._generate(actors, _RANDOM, 0, None, cfg.population.per_class, 1.0, None)
+            with _Timer(meter, "evaluate", progress):
+                metrics = self._evaluate(population.batch.images, population.batch.labels)
+            with _Timer(meter, "checkpoint", progress):
+                state = {
+                    "generation": 0, "population_size": len(population), "elapsed_seconds": 0.0,
+                    "generations": [{"generation": 0, "samples": len(population), "timing": meter.stages,
+                                     "actors": actors.stats(), **metrics}],
+                }
+                self._save_checkpoint(population, state)
+        else:
+            population, state = loaded
+        elapsed_before = state["elapsed_seconds"]
+        done = state["generation"]
+        released = self.ledger.generations()
+        if any(g > done + 1 or g < 1 for g in released) or released != list(range(1, len(released) + 1)):
+            raise ValueError(
+                f"{self.ledger.path}: releases {released} do not fit the checkpoint at generation {done}"
+            )
+        progress.advance(done)
+        actors.wait_ready()
+
+        for t in range(done + 1, T + 1):
+            meter = _Meter()
+            gen_t0 = time.perf_counter()
+            degree = float(self.degrees[t - 1])
+            if t in released:
+                noisy = self.ledger.load_release(t)
+            else:
+                with _Timer(meter, "vote", progress):
+                    raw = self._vote(actors, population, t, degree)
+                with _Timer(meter, "release", progress):
+                    noisy = self._release(raw, t)
+                    del raw
+                if self.after_release is not None:
+                    self.after_release(t)
+            final = t == T
+            per_class = cfg.population.final_per_class if final else cfg.population.per_class
+            with _Timer(meter, "select", progress):
+                parents, parent_ids, positive = self._select(population, noisy, t, per_class)
+            with _Timer(meter, "generate", progress):
+                if final and cfg.variation.final_degree == 0:
+                    n = len(parents)
+                    population = Population(
+                        ids=t * _ID_STRIDE + np.arange(n, dtype=np.int64), parent_ids=parent_ids,
+                        generation=np.full(n, t, dtype=np.int64), batch=parents,
+                    )
+                else:
+                    stage, deg = (_FINAL, cfg.variation.final_degree) if final else (_VARIATION, degree)
+                    population = self._generate(actors, stage, t, parents, per_class, deg, parent_ids)
+            record: dict[str, Any] = {"generation": t, "degree": degree, "samples": len(population),
+                                      "positive_bins_per_class": positive}
+            if cfg.evaluation.every_generation or final:
+                with _Timer(meter, "evaluate", progress):
+                    record.update(self._evaluate(population.batch.images, population.batch.labels))
+            with _Timer(meter, "checkpoint", progress):
+                record["timing"] = dict(meter.stages)
+                record["wall_seconds"] = time.perf_counter() - gen_t0
+                record["actors"] = actors.stats()
+                state = {**state, "generation": t, "population_size": len(population),
+                         "elapsed_seconds": elapsed_before + time.perf_counter() - wall0,
+                         "generations": [*state["generations"], record]}
+                self._save_checkpoint(population, state)
+            progress.advance(t)
+
+        progress.stage("report")
+        baselines = self._baselines(actors)
+        wall = elapsed_before + time.perf_counter() - wall0
+        return self._finish(population, state, baselines, wall, ray_start)
+
+    def _baselines(self, actors: _Actors) -> dict[str, Any]:
+        prior = self._generate(actors, _PRIOR_BASELINE, 0, None, self.config.population.final_per_class, 1.0, None)
+        generation0 = self._evaluate(prior.batch.images, prior.batch.labels)
+        task = actors.ray.remote(private_reference_accuracy).options(num_cpus=0.5)
+        real = actors.ray.get(task.remote(self.info.name, self.config.evaluation.classifier, self.info.max_value))
+        return {
+            "generation0": {**generation0, "samples": len(prior),
+                            "note": "the simulator's prior alone: no private information"},
+            "real": {"accuracy": real, "samples": self.info.n_private, "touches_private_data": True,
+                     "note": "the same classifier trained on the real private set (not DP): the ceiling"},
+        }
+
+    def _finish(self, population: Population, state: dict[str, Any], baselines: dict[str, Any],
+                wall: float, ray_start: float) -> dict[str, Any]:
+        from pipelines.report import build_report, write_outputs
+
+        report = build_report(self, population, state, baselines, wall, ray_start)
+        write_outputs(self, population, report)
+        return report
+
+
+def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(payload, fh, indent=2)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def synthesize(
+    config: RunConfig,
+    run_dir: str | Path,
+    *,
+    source: str = "config",
+    resume: bool = False,
+    insecure_noise_seed: int | None = None,
+    progress: bool = False,
+    after_release: Callable[[int], None] | None = None,
+) -> RunResult:
+    """Run (or resume) PE with ``config`` in ``run_dir``; returns the report.
+
+    Every check that can fail on the config runs before Ray starts, before private
+    data is read, and before the run directory is created.
+    """
+    run_dir = Path(run_dir)
+    plan, info, labels = check_config(config, source)
+    if resume:
+        check_resume(config, run_dir, source)
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(str(run_dir), "--out", "run directory exists and is not empty; use --resume to continue it")
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        if not resume:
+            (run_dir / "config.yaml").write_text(dump_config(config))
+        synthesis = Synthesis(
+            config, run_dir, plan, info, labels,
+            insecure_noise_seed=insecure_noise_seed, progress=progress, after_release=after_release,
+        )
+        report = synthesis.run()
+    except BaseException:
+        # A run that drew no release leaves nothing behind; one that did keeps its
+        # ledger (the budget is spent) and can be resumed.
+        if created and not (run_dir / "ledger.jsonl").exists() and not (run_dir / "releases").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return RunResult(run_dir=run_dir, report=report)
