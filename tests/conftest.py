@@ -1,0 +1,36 @@
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # set explicitly: tests never rely on Ray's default
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole test session (2 CPUs; actors take fractions)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def small_config(**overrides):
+    """A small, fast synthesize config; keys use dotted paths."""
+    from pipelines.config import apply_overrides, parse_config
+
+    raw = {
+        "name": "test",
+        "seed": 7,
+        "generations": 3,
+        "generators": 2,
+        "privacy": {"epsilon": 2.0, "delta": 1e-5},
+        "population": {"per_class": 24, "final_per_class": 40, "shard_size": 16},
+        "vote": {"k": 2, "threshold": 0.5},
+        "evaluation": {"classifier": "logreg"},
+        "resources": {"generator_cpus": 0.25, "voter_cpus": 0.25},
+    }
+    raw = apply_overrides(raw, [f"{k}={v}" for k, v in overrides.items()], "test")
+    return parse_config(raw, "test")

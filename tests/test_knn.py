@@ -1,0 +1,34 @@
+"""Exact kNN: backends agree with brute force, chunking changes nothing."""
+
+import numpy as np
+import pytest
+
+from actors.knn import BACKENDS, exact_knn
+
+
+def brute_force(queries, database, k):
+    d2 = ((queries[:, None, :].astype(np.float64) - database[None, :, :]) ** 2).sum(-1)
+    return np.argsort(d2, axis=1, kind="stable")[:, :k]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("chunks", [(8192, 65536), (7, 11), (1, 1000)])
+def test_matches_brute_force(backend, chunks):
+    rng = np.random.default_rng(3)
+    queries = rng.normal(size=(53, 16)).astype(np.float32)
+    database = rng.normal(size=(97, 16)).astype(np.float32)
+    for k in (1, 4, 8):
+        got = exact_knn(queries, database, k, backend=backend, query_chunk=chunks[0], db_chunk=chunks[1])
+        np.testing.assert_array_equal(got, brute_force(queries, database, k))
+
+
+def test_rows_hold_distinct_indices_even_with_duplicates():
+    database = np.zeros((10, 3), dtype=np.float32)
+    got = exact_knn(np.zeros((4, 3), dtype=np.float32), database, 5, db_chunk=3)
+    for row in got:
+        assert len(set(row)) == 5
+
+
+def test_refuses_k_larger_than_database():
+    with pytest.raises(ValueError, match="exceeds"):
+        exact_knn(np.zeros((1, 2)), np.zeros((3, 2)), 4)
