@@ -9,15 +9,14 @@ from __future__ import annotations
 import math
 import time
 
+import dp_accounting
 import numpy as np
 import pytest
+from dp_accounting.pld import pld_privacy_accountant
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import brentq
 from scipy.stats import norm
-
-import dp_accounting
-from dp_accounting.pld import pld_privacy_accountant
 
 from pipelines.privacy import accounting
 from pipelines.privacy.accounting import (
@@ -48,7 +47,7 @@ def pld_epsilon(noise_multipliers: list[float], delta: float) -> float:
 
 
 def closed_form_calibration(target: float, delta: float, releases: int) -> float:
-    """The noise multiplier with epsilon_closed_form([s] * T) == target, solved here by brentq on s."""
+    """The s with epsilon_closed_form([s] * T) == target, solved here by brentq on s."""
 
     def f(s: float) -> float:
         return epsilon_closed_form([s] * releases, delta) - target

@@ -107,7 +107,9 @@ def test_record_json_round_trip(generation, s, sens, threshold, n_bins, text, so
     ],
 )
 def test_record_from_json_refuses_malformed(mutate) -> None:
-    rec = ReleaseRecord(1, 2.0, 2.0, 1.0, 2.0, 3, "releases/gen_0001.npy", "ab", NOISE_SOURCE_OS, "t")
+    rec = ReleaseRecord(
+        1, 2.0, 2.0, 1.0, 2.0, 3, "releases/gen_0001.npy", "ab", NOISE_SOURCE_OS, "t"
+    )
     d = json.loads(rec.to_json())
     mutate(d)
     with pytest.raises(ValueError):
@@ -164,12 +166,16 @@ def test_histogram_is_durable_before_the_ledger_line(tmp_path: Path, monkeypatch
     assert events[-1] == ("fsync", str(run / "ledger.jsonl"))
 
 
-def test_first_release_fsyncs_the_new_ledger_file_and_directories(tmp_path: Path, monkeypatch) -> None:
+def test_first_release_fsyncs_the_new_ledger_file_and_directories(
+    tmp_path: Path, monkeypatch
+) -> None:
     run = tmp_path / "run"
     synced: list[str] = []
     real_fsync = os.fsync
     monkeypatch.setattr(
-        os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd))[1]
+        os,
+        "fsync",
+        lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd))[1],
     )
     record(PrivacyLedger(run), 1)
     assert synced[-2:] == [str(run / "ledger.jsonl"), str(run)]  # new file's entry made durable
@@ -370,14 +376,17 @@ def test_sha_mismatch_is_detected(tmp_path: Path) -> None:
     ],
 )
 def test_record_release_refuses_bad_arguments(tmp_path: Path, kwargs: dict) -> None:
-    args = dict(
-        generation=1,
-        noisy=np.zeros(3),
-        noise_multiplier=1.0,
-        sensitivity=1.0,
-        threshold=0.0,
-        noise_source=NOISE_SOURCE_OS,
-    ) | kwargs
+    args = (
+        dict(
+            generation=1,
+            noisy=np.zeros(3),
+            noise_multiplier=1.0,
+            sensitivity=1.0,
+            threshold=0.0,
+            noise_source=NOISE_SOURCE_OS,
+        )
+        | kwargs
+    )
     generation, noisy = args.pop("generation"), args.pop("noisy")
     with pytest.raises(ValueError):
         PrivacyLedger(tmp_path).record_release(generation, noisy, **args)
@@ -386,7 +395,9 @@ def test_record_release_refuses_bad_arguments(tmp_path: Path, kwargs: dict) -> N
 
 
 def test_stores_exactly_the_noisy_array_and_nothing_un_noised(tmp_path: Path) -> None:
-    counts = np.array([17.0, 0.0, 3.0, 254.0, 91.0, 5.0, 1.0, 42.0])  # the private, un-noised counts
+    counts = np.array(
+        [17.0, 0.0, 3.0, 254.0, 91.0, 5.0, 1.0, 42.0]
+    )  # the private, un-noised counts
     noisy = GaussianMechanism(2.0).release(counts, release_rng())
     noisy32 = noisy.astype(np.float32)
     ledger = PrivacyLedger(tmp_path)
@@ -394,7 +405,12 @@ def test_stores_exactly_the_noisy_array_and_nothing_un_noised(tmp_path: Path) ->
         1, noisy, noise_multiplier=2.0, sensitivity=1.0, threshold=2.0, noise_source=NOISE_SOURCE_OS
     )
     ledger.record_release(
-        2, noisy32, noise_multiplier=2.0, sensitivity=1.0, threshold=2.0, noise_source=NOISE_SOURCE_OS
+        2,
+        noisy32,
+        noise_multiplier=2.0,
+        sensitivity=1.0,
+        threshold=2.0,
+        noise_source=NOISE_SOURCE_OS,
     )
     stored = ledger.load_release(1)
     assert stored.dtype == noisy.dtype and np.array_equal(stored, noisy)
@@ -410,7 +426,11 @@ def test_stores_exactly_the_noisy_array_and_nothing_un_noised(tmp_path: Path) ->
     ]
     for p in files:
         data = p.read_bytes()
-        for raw in (counts.tobytes(), counts.astype(np.float32).tobytes(), counts.astype(np.int64).tobytes()):
+        for raw in (
+            counts.tobytes(),
+            counts.astype(np.float32).tobytes(),
+            counts.astype(np.int64).tobytes(),
+        ):
             assert raw not in data
         if p.suffix == ".npy":
             assert not np.allclose(np.load(p), counts)
