@@ -1,0 +1,231 @@
+"""The draw-digit simulator: shapes, determinism, variation, ranges, fonts, realism."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from actors.generators.base import SampleBatch
+from actors.generators.simulator import (
+    HAND_STYLES,
+    PARAM_SPECS,
+    DigitSimulator,
+    default_fonts,
+    font_renders_digits,
+    param_table,
+)
+
+
+@pytest.fixture(scope="module")
+def sim() -> DigitSimulator:
+    s = DigitSimulator()
+    s.random(np.arange(10), seed=0)  # build the glyph cache once
+    return s
+
+
+def _labels(n_per_class: int) -> np.ndarray:
+    return np.tile(np.arange(10), n_per_class)
+
+
+def _mean_l2(a: SampleBatch, b: SampleBatch) -> float:
+    return float(np.sqrt(((a.images - b.images) ** 2).sum((1, 2))).mean())
+
+
+def _neutral_params(sim: DigitSimulator, font: int, n: int) -> dict[str, np.ndarray]:
+    """Every sample at its prior's centre, in one font."""
+    params = {"font": np.full(n, font, dtype=np.int64)}
+    for s in PARAM_SPECS:
+        if s.prior == "normal":
+            params[s.name] = np.full(n, s.mean)
+        elif s.prior == "uniform":
+            params[s.name] = np.full(n, (s.low + s.high) / 2)
+    return params
+
+
+def test_random_batch_shape_dtype_range_and_labels(sim: DigitSimulator) -> None:
+    labels = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 0] * 8)
+    batch = sim.random(labels, seed=1)
+    assert isinstance(batch, SampleBatch)
+    assert batch.images.shape == (len(labels), 8, 8)
+    assert batch.images.dtype == np.float32
+    assert batch.images.min() >= 0 and batch.images.max() <= 16
+    # 4x4 block counts of a binary bitmap: whole numbers, most images reach a full block
+    assert np.array_equal(batch.images, np.round(batch.images))
+    assert (batch.images.max(axis=(1, 2)) == 16).mean() > 0.5
+    assert np.array_equal(batch.labels, labels)
+    for s in PARAM_SPECS:
+        assert len(batch.params[s.name]) == len(labels)
+    # optdigits-like: about 310 of 1,024 bitmap pixels on, digit spans the full height
+    ink = batch.images.sum((1, 2))
+    assert 250 < ink.mean() < 370
+    assert (batch.images.sum(2) > 0)[:, [0, 7]].mean() > 0.9
+
+
+def test_empty_batch(sim: DigitSimulator) -> None:
+    batch = sim.random(np.array([], dtype=np.int64), seed=0)
+    assert batch.images.shape == (0, 8, 8)
+    assert len(sim.variation(batch, 0.5, seed=1)) == 0
+
+
+def test_same_seed_same_batch_other_seed_other_batch(sim: DigitSimulator) -> None:
+    labels = _labels(20)
+    a = sim.random(labels, seed=7)
+    b = sim.random(labels, seed=7)
+    c = sim.random(labels, seed=8)
+    assert np.array_equal(a.images, b.images)
+    for k in a.params:
+        assert np.array_equal(a.params[k], b.params[k])
+    assert not np.array_equal(a.images, c.images)
+    va = sim.variation(a, 0.4, seed=3)
+    vb = sim.variation(b, 0.4, seed=3)
+    vc = sim.variation(a, 0.4, seed=4)
+    assert np.array_equal(va.images, vb.images)
+    assert not np.array_equal(va.images, vc.images)
+
+
+def test_render_is_a_pure_function_of_labels_and_params(sim: DigitSimulator) -> None:
+    batch = sim.random(_labels(30), seed=11)
+    assert np.array_equal(sim.render(batch.labels, batch.params), batch.images)
+    # order and chunking do not matter
+    idx = np.random.default_rng(0).permutation(len(batch))
+    sub = batch.take(idx)
+    assert np.array_equal(sim.render(sub.labels, sub.params, chunk=7), batch.images[idx])
+    # a fresh simulator (another actor) renders the same pixels
+    assert np.array_equal(DigitSimulator().render(batch.labels, batch.params), batch.images)
+
+
+def test_variation_distance_grows_with_degree(sim: DigitSimulator) -> None:
+    parents = sim.random(_labels(40), seed=21)
+    dist = {d: _mean_l2(sim.variation(parents, d, seed=5), parents) for d in (0.0, 0.05, 0.3, 1.0)}
+    fresh = _mean_l2(sim.random(parents.labels, seed=99), parents)
+    print(f"mean L2 from parents by degree: {dist}; fresh prior sample: {fresh:.1f}")
+    assert dist[0.0] < 0.5  # degree 0: (almost) the parent itself
+    assert dist[0.0] < dist[0.05] < dist[0.3] < dist[1.0]
+    assert dist[0.05] < 0.5 * dist[0.3]
+    assert 0.8 * fresh < dist[1.0] < 1.2 * fresh  # degree 1: about as far as a fresh draw
+    kept = sim.variation(parents, 0.7, seed=5)
+    assert np.array_equal(kept.labels, parents.labels)
+
+
+def test_variation_accepts_per_row_degree(sim: DigitSimulator) -> None:
+    parents = sim.random(_labels(20), seed=2)
+    degree = np.where(np.arange(len(parents)) % 2 == 0, 0.0, 1.0)
+    kids = sim.variation(parents, degree, seed=3)
+    still = np.sqrt(((kids.images - parents.images) ** 2).sum((1, 2)))
+    assert still[degree == 0].mean() < 0.5
+    assert still[degree == 1].mean() > 10.0
+    with pytest.raises(ValueError):
+        sim.variation(parents, 1.5, seed=0)
+    with pytest.raises(ValueError):
+        sim.variation(parents, np.full(len(parents) + 1, 0.5), seed=0)
+
+
+def test_font_switches_more_often_at_larger_degree(sim: DigitSimulator) -> None:
+    parents = sim.random(_labels(100), seed=4)
+    rates = [
+        float((sim.variation(parents, d, seed=6).params["font"] != parents.params["font"]).mean())
+        for d in (0.05, 0.5, 1.0)
+    ]
+    assert rates[0] < 0.01 and rates[0] < rates[1] < rates[2] and rates[2] > 0.8
+
+
+def test_params_stay_in_range_under_repeated_variation(sim: DigitSimulator) -> None:
+    rng = np.random.default_rng(0)
+    batch = sim.random(_labels(30), seed=31)
+    for step in range(25):
+        degree = rng.uniform(0, 1, size=len(batch)) if step % 2 else float(rng.choice([0.05, 0.5, 1.0]))
+        batch = sim.variation(batch, degree, seed=100 + step)
+        font = batch.params["font"]
+        assert font.dtype == np.int64 and font.min() >= 0 and font.max() < sim.n_fonts
+        for s in PARAM_SPECS:
+            if s.prior == "categorical":
+                continue
+            values = batch.params[s.name]
+            assert np.all(np.isfinite(values)), s.name
+            assert values.min() >= s.low and values.max() <= s.high, s.name
+        assert batch.images.min() >= 0 and batch.images.max() <= 16
+
+
+def test_render_clips_out_of_range_params_and_rejects_missing_ones(sim: DigitSimulator) -> None:
+    labels = np.arange(10)
+    params = _neutral_params(sim, 0, 10)
+    params["warp_x11"] = np.full(10, 5.0)  # beyond the range: must not crash or blow up
+    params["ink"] = np.full(10, 2000.0)
+    images = sim.render(labels, params)
+    assert images.shape == (10, 8, 8) and images.min() >= 0 and images.max() <= 16
+    del params["shear"]
+    with pytest.raises(ValueError, match="shear"):
+        sim.render(labels, params)
+    with pytest.raises(ValueError):
+        sim.random(np.array([10]), seed=0)
+
+
+def test_default_fonts_are_deterministic_and_draw_ten_distinct_digits(sim: DigitSimulator) -> None:
+    fonts = default_fonts()
+    assert fonts, "matplotlib ships fonts with digits"
+    assert fonts == default_fonts() == sorted(fonts)
+    assert all("matplotlib" in f for f in fonts)
+    names = [f.rsplit("/", 1)[-1] for f in fonts]
+    assert "DejaVuSans.ttf" in names
+    for dropped in ("cmsy10.ttf", "cmex10.ttf", "LastResortHE-Regular.ttf", "DejaVuSansDisplay.ttf"):
+        assert dropped not in names  # symbol, placeholder and digit-less fonts
+    assert sim.fonts == DigitSimulator().fonts
+    assert sim.fonts[-HAND_STYLES:] == [f"hand-{k}" for k in range(HAND_STYLES)]
+    assert len(sim.fonts) == len(fonts) + HAND_STYLES
+    for f in range(sim.n_fonts):
+        fields = [sim.glyph_fields(f, d)[0] < 0.05 for d in range(10)]
+        for a in range(10):
+            assert fields[a].sum() > 50, (sim.fonts[f], a)
+            for b in range(a + 1, 10):
+                assert (fields[a] != fields[b]).mean() > 0.01, (sim.fonts[f], a, b)
+        images = sim.render(np.arange(10), _neutral_params(sim, f, 10))
+        flat = images.reshape(10, -1)
+        gaps = np.sqrt(((flat[:, None] - flat[None]) ** 2).sum(-1))
+        assert gaps[~np.eye(10, dtype=bool)].min() > 5.0, sim.fonts[f]
+
+
+def test_explicit_fonts_and_bad_fonts(tmp_path) -> None:
+    two = DigitSimulator(fonts=["DejaVuSans", "hand-1"])
+    assert two.fonts == ["DejaVuSans", "hand-1"]
+    batch = two.random(_labels(5), seed=0)
+    assert set(np.unique(batch.params["font"])) <= {0, 1}
+    assert not font_renders_digits(default_fonts()[0].rsplit("/", 1)[0] + "/cmsy10.ttf")
+    with pytest.raises(ValueError):
+        DigitSimulator(fonts=["cmsy10"]).fonts
+    with pytest.raises(ValueError):
+        DigitSimulator(fonts=[str(tmp_path / "missing.ttf")]).fonts
+    with pytest.raises(ValueError):
+        DigitSimulator(fonts=[f"hand-{HAND_STYLES}"]).fonts
+
+
+def test_pickles_small_and_renders_the_same_after(sim: DigitSimulator) -> None:
+    blob = pickle.dumps(sim)
+    assert len(blob) < 10_000  # the glyph cache is rebuilt, not shipped
+    batch = sim.random(_labels(5), seed=5)
+    again = pickle.loads(blob)
+    assert np.array_equal(again.random(_labels(5), seed=5).images, batch.images)
+
+
+def test_param_table_lists_every_param() -> None:
+    table = param_table()
+    for s in PARAM_SPECS:
+        assert f"| {s.name} |" in table
+        assert s.prior in ("normal", "uniform", "categorical")
+        if s.prior != "categorical":
+            assert s.low < s.high and s.variation > 0
+        if s.prior == "normal":
+            assert s.low <= s.mean <= s.high and s.std > 0
+
+
+def test_simulated_digits_look_like_their_labels(sim: DigitSimulator) -> None:
+    from sklearn.datasets import load_digits
+    from sklearn.svm import SVC
+
+    train = sim.random(_labels(100), seed=0)
+    real = load_digits()
+    model = SVC().fit(train.images.reshape(len(train), -1) / 16, train.labels)
+    accuracy = float((model.predict(real.data / 16) == real.target).mean())
+    print(f"SVC trained on 1,000 simulator samples: accuracy on all 1,797 real digits {accuracy:.3f}")
+    assert accuracy > 0.5
