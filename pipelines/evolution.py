@@ -458,12 +458,16 @@ class Synthesis:
         wall0 = time.perf_counter()
         started_ray = False
         if not ray.is_initialized():
-            ray.init(
-                num_cpus=self.config.resources.num_cpus,
-                include_dashboard=False,
-                logging_level="warning",
-                log_to_driver=False,
-            )
+            if os.environ.get("RAY_ADDRESS"):
+                # An existing cluster (e.g. inside a Ray job): it owns its resources.
+                ray.init(logging_level="warning")
+            else:
+                ray.init(
+                    num_cpus=self.config.resources.num_cpus,
+                    include_dashboard=False,
+                    logging_level="warning",
+                    log_to_driver=False,
+                )
             started_ray = True
         ray_start = time.perf_counter() - wall0
         progress = Progress(self.config.generations, self.progress_enabled)
