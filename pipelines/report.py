@@ -167,6 +167,10 @@ def plot_progress(report: dict[str, Any], path: Path) -> None:
     ax2.plot(x, [g["frechet_distance"] for g in gens], marker="o", color="C1")
     ax2.set_xlabel("generation")
     ax2.set_ylabel("Frechet distance to held-out")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     eps = report["privacy"]["epsilon"]
     fig.suptitle(f"epsilon = {eps:.3g}, delta = {report['privacy']['delta']:g}", fontsize=9)
     fig.tight_layout()
