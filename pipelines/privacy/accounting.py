@@ -35,6 +35,8 @@ from prv_accountant.privacy_random_variables import GaussianMechanism as _PRVGau
 from scipy.optimize import brentq
 from scipy.special import log_ndtr
 
+from .mechanism import positive_finite
+
 __all__ = [
     "BudgetError",
     "EpsilonBound",
@@ -108,12 +110,7 @@ def _check_delta(delta: float, field: str = "privacy.delta") -> float:
 
 
 def _check_epsilon(epsilon: float, field: str = "privacy.epsilon") -> float:
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.floating, np.integer)):
-        raise BudgetError(f"{field}: expected a finite number > 0, got {epsilon!r}")
-    epsilon = float(epsilon)
-    if not (math.isfinite(epsilon) and epsilon > 0.0):
-        raise BudgetError(f"{field}: expected a finite number > 0, got {epsilon!r}")
-    return epsilon
+    return positive_finite(field, epsilon, BudgetError)
 
 
 def _check_releases(releases: int, field: str = "generations") -> int:

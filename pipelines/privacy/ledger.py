@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from .accounting import DEFAULT_EPS_ERROR, EpsilonBound, epsilon_spent
-from .mechanism import NOISE_SOURCES
+from .mechanism import NOISE_SOURCES, positive_finite
 
 __all__ = ["LEDGER_FILE", "RELEASES_DIR", "PrivacyLedger", "ReleaseRecord", "RepairResult"]
 
@@ -158,15 +158,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
-
-
-def _check_positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
-    value = float(value)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
-    return value
 
 
 class PrivacyLedger:
@@ -327,8 +318,8 @@ class PrivacyLedger:
         generation = int(generation)
         if generation < 1:
             raise ValueError(f"generation: expected an integer >= 1, got {generation!r}")
-        noise_multiplier = _check_positive("noise_multiplier", noise_multiplier)
-        sensitivity = _check_positive("sensitivity", sensitivity)
+        noise_multiplier = positive_finite("noise_multiplier", noise_multiplier)
+        sensitivity = positive_finite("sensitivity", sensitivity)
         if (
             isinstance(threshold, bool)
             or not isinstance(threshold, (int, float, np.integer, np.floating))

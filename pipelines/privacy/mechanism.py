@@ -37,6 +37,15 @@ NOISE_SOURCE_SEEDED = "seeded-insecure"
 NOISE_SOURCES = (NOISE_SOURCE_OS, NOISE_SOURCE_SEEDED)
 
 
+def positive_finite(name: str, value: float, error: type[Exception] = ValueError) -> float:
+    """``value`` as a float if it is a finite number > 0; else ``error`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise error(f"{name}: expected a finite number > 0, got {value!r}")
+    if not (math.isfinite(float(value)) and float(value) > 0.0):
+        raise error(f"{name}: expected a finite number > 0, got {value!r}")
+    return float(value)
+
+
 class InsecureNoiseWarning(UserWarning):
     """Release noise comes from a seed: whoever knows the seed can remove it."""
 
@@ -84,13 +93,7 @@ class GaussianMechanism:
 
     def __post_init__(self) -> None:
         for name in ("noise_multiplier", "sensitivity"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(
-                value, (int, float, np.integer, np.floating)
-            ):
-                raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
-            if not (math.isfinite(float(value)) and float(value) > 0.0):
-                raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+            positive_finite(name, getattr(self, name))
 
     @property
     def sigma(self) -> float:
