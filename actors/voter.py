@@ -46,7 +46,7 @@ class VoterShard:
         self._embedder = make_embedder(embedder, max_value)
         start = time.process_time()
         private = load_private(dataset, self.labels)
-        embedded = self._embedder.embed(private.images)
+        embedded = self._embedder.embed(private.samples)
         self._private = {label: embedded[private.labels == label] for label in self.labels}
         self._cpu = time.process_time() - start
         self._busy = 0.0

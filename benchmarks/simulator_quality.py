@@ -137,15 +137,15 @@ def nonprivate_pe(
     each) and the mean distance to the private digits after each round.
     """
     pool = sim.random(np.repeat(np.arange(10), pool_per_class), seed=seed)
-    chosen = pool.take(_nearest_same_label(x_priv, y_priv, pool.images, pool.labels))
-    dist = [float(np.sqrt(((chosen.images - x_priv) ** 2).sum((1, 2))).mean())]
+    chosen = pool.take(_nearest_same_label(x_priv, y_priv, pool.samples, pool.labels))
+    dist = [float(np.sqrt(((chosen.samples - x_priv) ** 2).sum((1, 2))).mean())]
     for r, degree in enumerate(rounds):
         kids = sim.variation(chosen.take(np.repeat(np.arange(len(chosen)), children)), degree, seed=seed + 1 + r)
         cand = SampleBatch.concat([chosen, kids])
         # Each private digit keeps its own best among its parent and its children.
         own = np.concatenate([np.arange(len(chosen))[:, None],
                               len(chosen) + np.arange(len(kids)).reshape(len(chosen), children)], 1)
-        d = ((cand.images[own] - x_priv[:, None]) ** 2).sum((2, 3))
+        d = ((cand.samples[own] - x_priv[:, None]) ** 2).sum((2, 3))
         chosen = cand.take(own[np.arange(len(chosen)), d.argmin(1)])
         dist.append(float(np.sqrt(d.min(1)).mean()))
     extra = sim.variation(chosen.take(np.repeat(np.arange(len(chosen)), final_children)), final_degree,
@@ -157,12 +157,12 @@ def variation_distances(sim: DigitSimulator, degrees=(0.0, 0.05, 0.1, 0.2, 0.3, 
     """Mean pixel L2 from parent to child by degree (and to a fresh prior draw)."""
     parents = sim.random(np.tile(np.arange(10), 100), seed=123)
     out = {
-        f"{d:g}": round(float(np.sqrt(((sim.variation(parents, d, seed=7).images - parents.images) ** 2)
+        f"{d:g}": round(float(np.sqrt(((sim.variation(parents, d, seed=7).samples - parents.samples) ** 2)
                                       .sum((1, 2))).mean()), 2)
         for d in degrees
     }
     fresh = sim.random(parents.labels, seed=321)
-    out["fresh_prior_sample"] = round(float(np.sqrt(((fresh.images - parents.images) ** 2).sum((1, 2))).mean()), 2)
+    out["fresh_prior_sample"] = round(float(np.sqrt(((fresh.samples - parents.samples) ** 2).sum((1, 2))).mean()), 2)
     return out
 
 
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
     runs_a = []
     for seed in seeds:
         g0 = generation0(sim, seed=seed)
-        runs_a.append(accuracies(g0.images, g0.labels, {**held, "private_as_test": (x_priv, y_priv)}))
+        runs_a.append(accuracies(g0.samples, g0.labels, {**held, "private_as_test": (x_priv, y_priv)}))
     result["a_generation0"] = {
         "train": "2,000 prior samples (200 per class)",
         "seeds": seeds,
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
     t = time.perf_counter()
     for seed in seeds:
         train, dist = nonprivate_pe(sim, x_priv, y_priv, seed=seed)
-        runs_b.append(accuracies(train.images, train.labels, held))
+        runs_b.append(accuracies(train.samples, train.labels, held))
         dists.append(dist)
     result["b_nonprivate_pe_ceiling"] = {
         "train": f"{len(train)} samples: the 1,200 selected and 4 variations of each",

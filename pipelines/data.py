@@ -43,7 +43,7 @@ class DatasetInfo:
 
 @dataclass(frozen=True)
 class Split:
-    images: np.ndarray  # (n, *image_shape) float32
+    samples: np.ndarray  # (n, *sample_shape) float32 images, or (n,) str for text
     labels: np.ndarray  # (n,) int64
 
 
@@ -90,7 +90,7 @@ def load_private(name: str, labels: tuple[int, ...] | None = None) -> Split:
     if labels is None:
         return private
     keep = np.isin(private.labels, np.asarray(labels))
-    return Split(private.images[keep], private.labels[keep])
+    return Split(private.samples[keep], private.labels[keep])
 
 
 def load_heldout(name: str) -> Split:

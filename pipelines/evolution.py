@@ -89,7 +89,7 @@ class Population:
     def table(self, max_value: float):
         return synthetic_table(
             self.ids, self.batch.labels, self.generation, self.parent_ids,
-            self.batch.images, self.batch.params, max_value,
+            self.batch.samples, self.batch.params, max_value,
         )
 
     @staticmethod
@@ -111,7 +111,7 @@ class Population:
             generation=table.column("generation").to_numpy(),
             batch=SampleBatch(
                 labels=table.column("label").to_numpy(),
-                images=flat.reshape(n, *image_shape).astype(np.float32),
+                samples=flat.reshape(n, *image_shape).astype(np.float32),
                 params=params,
             ),
         )
@@ -384,7 +384,7 @@ class Synthesis:
                     seed = derive_seed(self.config.seed, generation, _LOOKAHEAD, label, j)
                     ref = actors.generator().lookahead.remote(shard, degree, lookahead, seed)
                 else:
-                    ref = ray.put(shard.images)
+                    ref = ray.put(shard.samples)
                 labels_, refs_ = per_voter.setdefault(actors.voter_of[label], ([], []))
                 labels_.append(label)
                 refs_.append(ref)
@@ -427,10 +427,10 @@ class Synthesis:
 
         embedder = make_embedder(self.config.embedder.kind, self.info.max_value)
         accuracy = downstream_accuracy(
-            images, labels, self.heldout.images, self.heldout.labels,
+            images, labels, self.heldout.samples, self.heldout.labels,
             classifier=self.config.evaluation.classifier, max_value=self.info.max_value,
         )
-        fd = frechet_distance(embedder.embed(images), embedder.embed(self.heldout.images))
+        fd = frechet_distance(embedder.embed(images), embedder.embed(self.heldout.samples))
         return {"accuracy": accuracy, "frechet_distance": fd}
 
     # ----------------------------------------------------------------- checkpoints
@@ -493,7 +493,7 @@ class Synthesis:
             with _Timer(meter, "generate", progress):
                 population = self._generate(actors, _RANDOM, 0, None, cfg.population.per_class, 1.0, None)
             with _Timer(meter, "evaluate", progress):
-                metrics = self._evaluate(population.batch.images, population.batch.labels)
+                metrics = self._evaluate(population.batch.samples, population.batch.labels)
             with _Timer(meter, "checkpoint", progress):
                 state = {
                     "generation": 0, "population_size": len(population), "elapsed_seconds": 0.0,
@@ -545,7 +545,7 @@ class Synthesis:
                                       "positive_bins_per_class": positive}
             if cfg.evaluation.every_generation or final:
                 with _Timer(meter, "evaluate", progress):
-                    record.update(self._evaluate(population.batch.images, population.batch.labels))
+                    record.update(self._evaluate(population.batch.samples, population.batch.labels))
             with _Timer(meter, "checkpoint", progress):
                 record["timing"] = dict(meter.stages)
                 record["wall_seconds"] = time.perf_counter() - gen_t0
@@ -563,7 +563,7 @@ class Synthesis:
 
     def _baselines(self, actors: _Actors) -> dict[str, Any]:
         prior = self._generate(actors, _PRIOR_BASELINE, 0, None, self.config.population.final_per_class, 1.0, None)
-        generation0 = self._evaluate(prior.batch.images, prior.batch.labels)
+        generation0 = self._evaluate(prior.batch.samples, prior.batch.labels)
         task = actors.ray.remote(private_reference_accuracy).options(num_cpus=0.5)
         real = actors.ray.get(task.remote(self.info.name, self.config.evaluation.classifier, self.info.max_value))
         return {

@@ -76,9 +76,9 @@ def private_reference_accuracy(dataset: str, classifier: str, max_value: float) 
     private = load_private(dataset)
     heldout = load_heldout(dataset)
     return downstream_accuracy(
-        private.images,
+        private.samples,
         private.labels,
-        heldout.images,
+        heldout.samples,
         heldout.labels,
         classifier=classifier,
         max_value=max_value,

@@ -114,7 +114,7 @@ def write_outputs(run: "Synthesis", population: "Population", report: dict[str, 
     """synthetic.parquet, the plots, then report.json last (its presence marks a finished run)."""
     out = run.run_dir
     write_parquet_atomic(population.table(run.info.max_value), out / "synthetic.parquet")
-    plot_samples(population, run.heldout.images, run.heldout.labels, run.labels, run.info.max_value, out / "samples.png")
+    plot_samples(population, run.heldout.samples, run.heldout.labels, run.labels, run.info.max_value, out / "samples.png")
     plot_progress(report, out / "progress.png")
     tmp = out / ".report.json.tmp"
     tmp.write_text(json.dumps(report, indent=2))
@@ -136,7 +136,7 @@ def plot_samples(population, real_images, real_labels, labels, max_value: float,
         real = np.flatnonzero(real_labels == label)
         syn = rng.choice(syn, size=min(per_class, len(syn)), replace=False)
         real = rng.choice(real, size=min(per_class, len(real)), replace=False)
-        cells = [population.batch.images[i] for i in syn] + [None] + [real_images[i] for i in real]
+        cells = [population.batch.samples[i] for i in syn] + [None] + [real_images[i] for i in real]
         for c, ax in enumerate(axes[r]):
             ax.set_axis_off()
             if c < len(cells) and cells[c] is not None:

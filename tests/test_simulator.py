@@ -30,7 +30,7 @@ def _labels(n_per_class: int) -> np.ndarray:
 
 
 def _mean_l2(a: SampleBatch, b: SampleBatch) -> float:
-    return float(np.sqrt(((a.images - b.images) ** 2).sum((1, 2))).mean())
+    return float(np.sqrt(((a.samples - b.samples) ** 2).sum((1, 2))).mean())
 
 
 def _neutral_params(sim: DigitSimulator, font: int, n: int) -> dict[str, np.ndarray]:
@@ -48,24 +48,24 @@ def test_random_batch_shape_dtype_range_and_labels(sim: DigitSimulator) -> None:
     labels = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 0] * 8)
     batch = sim.random(labels, seed=1)
     assert isinstance(batch, SampleBatch)
-    assert batch.images.shape == (len(labels), 8, 8)
-    assert batch.images.dtype == np.float32
-    assert batch.images.min() >= 0 and batch.images.max() <= 16
+    assert batch.samples.shape == (len(labels), 8, 8)
+    assert batch.samples.dtype == np.float32
+    assert batch.samples.min() >= 0 and batch.samples.max() <= 16
     # 4x4 block counts of a binary bitmap: whole numbers, most images reach a full block
-    assert np.array_equal(batch.images, np.round(batch.images))
-    assert (batch.images.max(axis=(1, 2)) == 16).mean() > 0.5
+    assert np.array_equal(batch.samples, np.round(batch.samples))
+    assert (batch.samples.max(axis=(1, 2)) == 16).mean() > 0.5
     assert np.array_equal(batch.labels, labels)
     for s in PARAM_SPECS:
         assert len(batch.params[s.name]) == len(labels)
     # optdigits-like: about 310 of 1,024 bitmap pixels on, digit spans the full height
-    ink = batch.images.sum((1, 2))
+    ink = batch.samples.sum((1, 2))
     assert 250 < ink.mean() < 370
-    assert (batch.images.sum(2) > 0)[:, [0, 7]].mean() > 0.9
+    assert (batch.samples.sum(2) > 0)[:, [0, 7]].mean() > 0.9
 
 
 def test_empty_batch(sim: DigitSimulator) -> None:
     batch = sim.random(np.array([], dtype=np.int64), seed=0)
-    assert batch.images.shape == (0, 8, 8)
+    assert batch.samples.shape == (0, 8, 8)
     assert len(sim.variation(batch, 0.5, seed=1)) == 0
 
 
@@ -74,26 +74,26 @@ def test_same_seed_same_batch_other_seed_other_batch(sim: DigitSimulator) -> Non
     a = sim.random(labels, seed=7)
     b = sim.random(labels, seed=7)
     c = sim.random(labels, seed=8)
-    assert np.array_equal(a.images, b.images)
+    assert np.array_equal(a.samples, b.samples)
     for k in a.params:
         assert np.array_equal(a.params[k], b.params[k])
-    assert not np.array_equal(a.images, c.images)
+    assert not np.array_equal(a.samples, c.samples)
     va = sim.variation(a, 0.4, seed=3)
     vb = sim.variation(b, 0.4, seed=3)
     vc = sim.variation(a, 0.4, seed=4)
-    assert np.array_equal(va.images, vb.images)
-    assert not np.array_equal(va.images, vc.images)
+    assert np.array_equal(va.samples, vb.samples)
+    assert not np.array_equal(va.samples, vc.samples)
 
 
 def test_render_is_a_pure_function_of_labels_and_params(sim: DigitSimulator) -> None:
     batch = sim.random(_labels(30), seed=11)
-    assert np.array_equal(sim.render(batch.labels, batch.params), batch.images)
+    assert np.array_equal(sim.render(batch.labels, batch.params), batch.samples)
     # order and chunking do not matter
     idx = np.random.default_rng(0).permutation(len(batch))
     sub = batch.take(idx)
-    assert np.array_equal(sim.render(sub.labels, sub.params, chunk=7), batch.images[idx])
+    assert np.array_equal(sim.render(sub.labels, sub.params, chunk=7), batch.samples[idx])
     # a fresh simulator (another actor) renders the same pixels
-    assert np.array_equal(DigitSimulator().render(batch.labels, batch.params), batch.images)
+    assert np.array_equal(DigitSimulator().render(batch.labels, batch.params), batch.samples)
 
 
 def test_variation_distance_grows_with_degree(sim: DigitSimulator) -> None:
@@ -113,7 +113,7 @@ def test_variation_accepts_per_row_degree(sim: DigitSimulator) -> None:
     parents = sim.random(_labels(20), seed=2)
     degree = np.where(np.arange(len(parents)) % 2 == 0, 0.0, 1.0)
     kids = sim.variation(parents, degree, seed=3)
-    still = np.sqrt(((kids.images - parents.images) ** 2).sum((1, 2)))
+    still = np.sqrt(((kids.samples - parents.samples) ** 2).sum((1, 2)))
     assert still[degree == 0].mean() < 0.5
     assert still[degree == 1].mean() > 10.0
     with pytest.raises(ValueError):
@@ -145,7 +145,7 @@ def test_params_stay_in_range_under_repeated_variation(sim: DigitSimulator) -> N
             values = batch.params[s.name]
             assert np.all(np.isfinite(values)), s.name
             assert values.min() >= s.low and values.max() <= s.high, s.name
-        assert batch.images.min() >= 0 and batch.images.max() <= 16
+        assert batch.samples.min() >= 0 and batch.samples.max() <= 16
 
 
 def test_render_clips_out_of_range_params_and_rejects_missing_ones(sim: DigitSimulator) -> None:
@@ -205,7 +205,7 @@ def test_pickles_small_and_renders_the_same_after(sim: DigitSimulator) -> None:
     assert len(blob) < 10_000  # the glyph cache is rebuilt, not shipped
     batch = sim.random(_labels(5), seed=5)
     again = pickle.loads(blob)
-    assert np.array_equal(again.random(_labels(5), seed=5).images, batch.images)
+    assert np.array_equal(again.random(_labels(5), seed=5).samples, batch.samples)
 
 
 def test_param_table_lists_every_param() -> None:
@@ -225,7 +225,7 @@ def test_simulated_digits_look_like_their_labels(sim: DigitSimulator) -> None:
 
     train = sim.random(_labels(100), seed=0)
     real = load_digits()
-    model = SVC().fit(train.images.reshape(len(train), -1) / 16, train.labels)
+    model = SVC().fit(train.samples.reshape(len(train), -1) / 16, train.labels)
     accuracy = float((model.predict(real.data / 16) == real.target).mean())
     print(f"SVC trained on 1,000 simulator samples: accuracy on all 1,797 real digits {accuracy:.3f}")
     assert accuracy > 0.5

@@ -24,20 +24,21 @@ import numpy as np
 class SampleBatch:
     """A batch of synthetic samples, column-oriented.
 
-    ``images`` has the private set's shape and value range; ``params`` holds the
+    ``samples`` holds images in the private set's shape and value range (or
+    strings, for text); ``params`` holds the
     generator's own description of each sample (simulator parameters, latents, ...),
     one array of length ``n`` per name, so that ``variation`` can start from it.
     """
 
     labels: np.ndarray
-    images: np.ndarray
+    samples: np.ndarray
     params: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
         n = len(self.labels)
-        if len(self.images) != n:
-            raise ValueError(f"SampleBatch: {len(self.images)} images for {n} labels")
+        if len(self.samples) != n:
+            raise ValueError(f"SampleBatch: {len(self.samples)} samples for {n} labels")
         for name, values in self.params.items():
             if len(values) != n:
                 raise ValueError(f"SampleBatch: param {name!r} has {len(values)} rows for {n} labels")
@@ -50,7 +51,7 @@ class SampleBatch:
         index = np.asarray(index, dtype=np.int64)
         return SampleBatch(
             labels=self.labels[index],
-            images=self.images[index],
+            samples=self.samples[index],
             params={k: v[index] for k, v in self.params.items()},
         )
 
@@ -62,7 +63,7 @@ class SampleBatch:
         names = batches[0].params.keys()
         return SampleBatch(
             labels=np.concatenate([b.labels for b in batches]),
-            images=np.concatenate([b.images for b in batches]),
+            samples=np.concatenate([b.samples for b in batches]),
             params={k: np.concatenate([b.params[k] for b in batches]) for k in names},
         )
 

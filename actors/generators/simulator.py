@@ -641,7 +641,7 @@ class DigitSimulator:
         params: dict[str, np.ndarray] = {"font": self._draw_fonts(rng, n)}
         for spec in _CONTINUOUS:
             params[spec.name] = _from_z(spec, rng.standard_normal(n))
-        return SampleBatch(labels=labels, images=self.render(labels, params), params=params)
+        return SampleBatch(labels=labels, samples=self.render(labels, params), params=params)
 
     def variation(self, parents: SampleBatch, degree: float | np.ndarray, seed: int) -> SampleBatch:
         """One sample near each parent; ``degree`` (scalar or per row) in [0, 1]."""
@@ -663,7 +663,7 @@ class DigitSimulator:
             z = _to_z(spec, np.asarray(parents.params[spec.name], dtype=np.float64))
             z = np.sqrt(1.0 - a * a) * z + a * rng.standard_normal(n)
             params[spec.name] = _from_z(spec, z)
-        return SampleBatch(labels=labels, images=self.render(labels, params), params=params)
+        return SampleBatch(labels=labels, samples=self.render(labels, params), params=params)
 
     def _draw_fonts(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """Font indices from the prior: a hand style with probability HAND_WEIGHT

@@ -60,7 +60,7 @@ class GeneratorWorker:
         def run() -> np.ndarray:
             n = len(parents)
             repeated = parents.take(np.repeat(np.arange(n), count))
-            images = self._generator.variation(repeated, degree, seed).images
+            images = self._generator.variation(repeated, degree, seed).samples
             return images.reshape(n, count, *images.shape[1:])
 
         return self._metered(run)
