@@ -68,6 +68,25 @@ class SampleBatch:
         )
 
 
+@dataclass(frozen=True)
+class GeneratorContext:
+    """What a generator is told about the (public description of the) private set.
+
+    ``sample_shape`` is the shape of one sample: (H, W) or (H, W, C) for images,
+    () for text. Images are float32 in [0, max_value], channels last, like the
+    private set; generators resize their output to ``sample_shape``.
+    ``class_names`` maps each label to its public name (prompts use it).
+    ``device`` is "cpu" or "cuda" (the worker picks it from the resources it holds).
+    """
+
+    modality: str  # "image" or "text"
+    sample_shape: tuple[int, ...]
+    max_value: float
+    labels: tuple[int, ...]
+    class_names: dict[int, str]
+    device: str = "cpu"
+
+
 class Generator(Protocol):
     """What the PE driver needs of a generator actor."""
 

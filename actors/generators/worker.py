@@ -12,28 +12,59 @@ from typing import Any
 
 import numpy as np
 
-from actors.generators.base import Generator, SampleBatch
+from actors.generators.base import Generator, GeneratorContext, SampleBatch
 
-GENERATORS = ("simulator",)
+# The allow-list of generator kinds: kind -> (module, class). Each class takes
+# (options, context) where options is validated by the module's ``Options`` model.
+GENERATORS: dict[str, tuple[str, str]] = {
+    "simulator": ("actors.generators.simulator", "DigitSimulator"),
+    "diffusion": ("actors.generators.diffusion", "DiffusionGenerator"),
+    "llm": ("actors.generators.llm", "LLMGenerator"),
+}
 
 
-def make_generator(kind: str, options: dict[str, Any]) -> Generator:
+def _module(kind: str):
+    import importlib
+
+    if kind not in GENERATORS:
+        raise ValueError(f"unknown generator {kind!r}; known: {', '.join(GENERATORS)}")
+    return importlib.import_module(GENERATORS[kind][0])
+
+
+def validate_generator_options(kind: str, options: dict[str, Any]):
+    """The kind's typed options (pydantic); raises pydantic.ValidationError when bad.
+
+    Cheap: the generator modules import their model libraries lazily, so this runs
+    in the driver before any model is loaded or any private data read.
+    """
+    module = _module(kind)
+    options_model = getattr(module, "Options", None)
+    if options_model is None:
+        return options
+    return options_model.model_validate(options)
+
+
+def make_generator(kind: str, options: dict[str, Any], context: GeneratorContext | None = None) -> Generator:
     """The generator a config names."""
     if kind == "simulator":
         from actors.generators.simulator import DigitSimulator
 
         return DigitSimulator(**options)
-    raise ValueError(f"unknown generator {kind!r}; known: {', '.join(GENERATORS)}")
+    module = _module(kind)
+    cls = getattr(module, GENERATORS[kind][1])
+    return cls(validate_generator_options(kind, options), context)
 
 
 class GeneratorWorker:
     """Serves ``random``, ``variation`` and ``lookahead`` shards for the driver."""
 
-    def __init__(self, kind: str, options: dict[str, Any], threads: int = 1) -> None:
+    def __init__(
+        self, kind: str, options: dict[str, Any], context: GeneratorContext | None = None, threads: int = 1
+    ) -> None:
         import os
 
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-        self._generator = make_generator(kind, options)
+        self._generator = make_generator(kind, options, context)
         self._cpu = 0.0
         self._busy = 0.0
 
