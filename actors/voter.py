@@ -25,7 +25,7 @@ class VoterShard:
 
     def __init__(
         self,
-        dataset: str,
+        data: dict,
         labels: Sequence[int],
         embedder: str,
         max_value: float,
@@ -34,6 +34,9 @@ class VoterShard:
         knn_backend: str = "faiss",
         query_chunk: int = 8192,
         db_chunk: int = 65536,
+        *,
+        embedder_options: dict | None = None,
+        device: str = "cpu",
         threads: int = 1,
     ) -> None:
         _limit_threads(threads)
@@ -43,9 +46,9 @@ class VoterShard:
         self.knn_backend = knn_backend
         self.query_chunk = query_chunk
         self.db_chunk = db_chunk
-        self._embedder = make_embedder(embedder, max_value)
+        self._embedder = make_embedder(embedder, max_value, embedder_options or {}, device)
         start = time.process_time()
-        private = load_private(dataset, self.labels)
+        private = load_private(data, self.labels)
         embedded = self._embedder.embed(private.samples)
         self._private = {label: embedded[private.labels == label] for label in self.labels}
         self._cpu = time.process_time() - start
@@ -107,6 +110,17 @@ class VoterShard:
         if synthetic.ndim == len(self.sample_shape) + 2 and synthetic.shape[2:] == self.sample_shape:
             return 1
         raise ValueError(f"synthetic batch has shape {synthetic.shape}; samples must have shape {self.sample_shape}")
+
+    def embed(self, samples: np.ndarray) -> np.ndarray:
+        """Embeddings of public samples (synthetic or held-out), for evaluation.
+
+        Never called with private data: the private embeddings stay inside the shard.
+        """
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        out = self._embedder.embed(np.asarray(samples))
+        self._busy += time.perf_counter() - wall0
+        self._cpu += time.process_time() - cpu0
+        return out
 
     def stats(self) -> dict[str, float]:
         """CPU and busy seconds since the last call (metering)."""

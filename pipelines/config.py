@@ -8,11 +8,12 @@ imported. Every error names the file and the dotted field.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -46,10 +47,33 @@ class PrivacyConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    name: Literal["digits"] = "digits"
+    """The private set and its held-out real split (see pipelines/data.py)."""
+
+    kind: Literal["digits", "image_folder", "text_table"] = "digits"
+    path: str | None = Field(None, description="image folder (one subfolder per class) or CSV/parquet table")
+    heldout_path: str | None = Field(None, description="held-out real data; default: a split of path")
+    heldout_fraction: float = Field(0.2, gt=0, lt=1)
+    split_seed: int = Field(0, ge=0, description="seed of the held-out split (fixed, not the run seed)")
+    image_size: list[int] | None = Field(None, description="[H, W] images are resized to")
+    channels: Literal[1, 3] = 3
+    text_column: str = "text"
+    label_column: str = "label"
+    class_names: list[str] | None = Field(None, description="the class set, in label order; default: all found")
     labels: list[int] | None = Field(
         None, description="the public label set; default: every label of the dataset"
     )
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> "DataConfig":
+        if self.kind != "digits" and not self.path:
+            raise ValueError(f"data.path: required for data.kind {self.kind!r}")
+        if self.kind == "image_folder" and (self.image_size is None or len(self.image_size) != 2):
+            raise ValueError("data.image_size: must be [height, width] for data.kind 'image_folder'")
+        for name in ("path", "heldout_path"):
+            value = getattr(self, name)
+            if self.kind != "digits" and value is not None and not Path(value).exists():
+                raise ValueError(f"data.{name}: {value} does not exist")
+        return self
 
 
 class PopulationConfig(_Strict):
@@ -82,16 +106,22 @@ class VoteConfig(_Strict):
 
 
 class GeneratorConfig(_Strict):
-    kind: Literal["simulator"] = "simulator"
-    fonts: list[str] | None = Field(None, description="font files; default: the fonts matplotlib ships")
+    """The foundation model: an allow-listed kind and its typed options."""
+
+    kind: Literal["simulator", "diffusion", "llm"] = "simulator"
+    options: dict[str, Any] = Field(default_factory=dict, description="validated by the kind's Options model")
 
 
 class EmbedderConfig(_Strict):
-    kind: Literal["pixels"] = "pixels"
+    kind: Literal["pixels", "inception", "clip", "sentence_transformer"] = "pixels"
+    options: dict[str, Any] = Field(default_factory=dict, description="validated by the kind's Options model")
 
 
 class EvaluationConfig(_Strict):
     classifier: Literal["svc", "logreg", "knn"] = "svc"
+    features: Literal["pixels", "embedding"] = Field(
+        "pixels", description="what the downstream classifier sees: raw pixels (images) or the embedding"
+    )
     every_generation: bool = True
 
 
@@ -100,6 +130,8 @@ class ResourcesConfig(_Strict):
     generator_cpus: float = Field(0.5, gt=0)
     voter_cpus: float = Field(0.5, gt=0)
     voter_shards: int = Field(1, ge=1, description="voter actors; classes are split among them")
+    generator_gpus: float = Field(0, ge=0, description="GPUs per generator actor (0: CPU)")
+    voter_gpus: float = Field(0, ge=0, description="GPUs per voter actor (0: CPU)")
 
 
 class RunConfig(_Strict):
@@ -157,9 +189,14 @@ def parse_config(raw: Any, source: str) -> RunConfig:
         first = exc.errors()[0]
         field = _field_path(first["loc"])
         message = first["msg"]
+        # A model-level check names its own field: "Value error, data.path: ..."
+        named = re.match(r"Value error, ([A-Za-z_][\w.]*): (.*)", message, re.S)
+        if named:
+            field, message = named.group(1), named.group(2)
+            first = {**first, "type": "value_error_named"}
         if first["type"] == "extra_forbidden":
             message = "unknown field"
-        elif "input" in first and first["type"] != "missing":
+        elif "input" in first and first["type"] not in ("missing", "value_error_named"):
             message = f"{message} (got {first['input']!r})"
         others = len(exc.errors()) - 1
         if others:

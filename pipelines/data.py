@@ -1,13 +1,21 @@
 """Datasets in and out.
 
-A dataset has a public description (:class:`DatasetInfo`: label set, class sizes,
-image shape, value range) that the driver may read, private samples that only the
-voters (and evaluation marked as touching private data) may read, and a held-out
-real split used for evaluation.
+A dataset has a public description (:class:`DatasetInfo`: modality, label set and
+class names, class sizes, sample shape, value range) that the driver may read;
+private samples that only voters (and evaluation marked as touching private data)
+may read; and held-out real samples for evaluation.
 
-The bundled demo set is scikit-learn's ``load_digits`` (1,797 8x8 images with
-values 0..16), split once, stratified and with a fixed seed independent of any
-run seed, into 1,200 private-train and 597 held-out samples.
+Kinds (``data.kind`` in a config):
+
+* ``digits``: scikit-learn's bundled ``load_digits`` (1,797 8x8 images, values
+  0..16), split once, stratified, with a fixed seed independent of any run seed,
+  into 1,200 private-train and 597 held-out samples;
+* ``image_folder``: one subfolder per class (its name is the class name), images
+  inside; resized to ``image_size`` with ``channels`` 1 or 3, values 0..255;
+* ``text_table``: a CSV or parquet file with a text column and a label column.
+
+Without ``heldout_path``, a fixed stratified fraction (``heldout_fraction``, seed
+``split_seed``) of ``path`` is held out.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +33,7 @@ from PIL import Image
 
 DIGITS_HELDOUT = 597
 DIGITS_SPLIT_SEED = 0
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)
@@ -31,9 +41,11 @@ class DatasetInfo:
     """What the run assumes public about the private set."""
 
     name: str
+    modality: str  # "image" or "text"
     labels: tuple[int, ...]
+    class_names: dict[int, str]
     class_counts: dict[int, int]
-    image_shape: tuple[int, ...]
+    sample_shape: tuple[int, ...]
     max_value: float
 
     @property
@@ -45,6 +57,33 @@ class DatasetInfo:
 class Split:
     samples: np.ndarray  # (n, *sample_shape) float32 images, or (n,) str for text
     labels: np.ndarray  # (n,) int64
+
+    def restrict(self, labels: tuple[int, ...] | None) -> "Split":
+        if labels is None:
+            return self
+        keep = np.isin(self.labels, np.asarray(labels))
+        return Split(self.samples[keep], self.labels[keep])
+
+
+def _get(data: Any, key: str, default: Any = None) -> Any:
+    """Read a field of a data config given as a pydantic model or a plain dict."""
+    if isinstance(data, dict):
+        return data.get(key, default)
+    return getattr(data, key, default)
+
+
+def _stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A boolean mask of held-out rows: the same fraction of each class, fixed by ``seed``."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        n_out = int(round(fraction * len(rows)))
+        mask[rng.permutation(rows)[:n_out]] = True
+    return mask
+
+
+# ----------------------------------------------------------------------------- digits
 
 
 def _digits_split() -> tuple[Split, Split]:
@@ -60,52 +99,199 @@ def _digits_split() -> tuple[Split, Split]:
     return Split(x_priv, y_priv), Split(x_held, y_held)
 
 
-DATASETS = ("digits",)
+# ----------------------------------------------------------------------- image folders
 
 
-def dataset_info(name: str) -> DatasetInfo:
-    """The public description of a bundled dataset (labels and class sizes only)."""
-    if name != "digits":
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    private, _ = _digits_split()
-    labels, counts = np.unique(private.labels, return_counts=True)
+def _class_folders(root: Path) -> list[Path]:
+    if not root.is_dir():
+        raise ValueError(f"{root}: not a directory (expected one subfolder per class)")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise ValueError(f"{root}: no class subfolders")
+    return folders
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _folder_index(root: Path, class_names: list[str] | None = None) -> tuple[list[str], list[Path], np.ndarray]:
+    """Class names (sorted folder names), file paths and labels; reads no pixels."""
+    folders = _class_folders(root)
+    names = class_names or [f.name for f in folders]
+    files, labels = [], []
+    for label, name in enumerate(names):
+        folder = root / name
+        found = _image_files(folder) if folder.is_dir() else []
+        files.extend(found)
+        labels.extend([label] * len(found))
+    return names, files, np.asarray(labels, dtype=np.int64)
+
+
+def _read_images(files: list[Path], size: tuple[int, int], channels: int) -> np.ndarray:
+    mode = "L" if channels == 1 else "RGB"
+    out = np.empty((len(files), size[0], size[1], *([] if channels == 1 else [channels])), dtype=np.float32)
+    for i, path in enumerate(files):
+        with Image.open(path) as img:
+            img = img.convert(mode)
+            if img.size != (size[1], size[0]):
+                img = img.resize((size[1], size[0]), Image.Resampling.BICUBIC)
+            out[i] = np.asarray(img, dtype=np.float32)
+    return out
+
+
+# ------------------------------------------------------------------------- text tables
+
+
+def _read_table(path: Path, columns: list[str]) -> pa.Table:
+    if not path.exists():
+        raise ValueError(f"{path}: no such file")
+    if path.suffix.lower() == ".parquet":
+        table = pq.read_table(path)
+    elif path.suffix.lower() in (".csv", ".tsv"):
+        import pyarrow.csv as pacsv
+
+        parse = pacsv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",", newlines_in_values=True)
+        table = pacsv.read_csv(path, parse_options=parse)
+    else:
+        raise ValueError(f"{path}: expected a .csv, .tsv or .parquet file")
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path}: no column {missing[0]!r}; columns: {', '.join(table.column_names)}")
+    return table.select(columns)
+
+
+def _text_labels(values: list[Any], class_names: list[str] | None) -> tuple[list[str], np.ndarray]:
+    """Map label values (ints or strings) to 0..C-1, with their names.
+
+    Without ``class_names``, names are the distinct values, sorted numerically when
+    they are all integers and alphabetically otherwise.
+    """
+    if class_names is None:
+        distinct = {str(v) for v in values}
+        numeric = all(s.lstrip("-").isdigit() for s in distinct)
+        class_names = sorted(distinct, key=int) if numeric else sorted(distinct)
+    index = {name: i for i, name in enumerate(class_names)}
+    labels = np.asarray([index.get(str(v), -1) for v in values], dtype=np.int64)
+    return list(class_names), labels
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def dataset_info(data: Any) -> DatasetInfo:
+    """The public description of a dataset; reads labels and file names, never samples."""
+    kind = _get(data, "kind", "digits")
+    if kind == "digits":
+        private, _ = _digits_split()
+        labels, counts = np.unique(private.labels, return_counts=True)
+        return DatasetInfo(
+            name="digits", modality="image", labels=tuple(int(v) for v in labels),
+            class_names={int(v): str(int(v)) for v in labels},
+            class_counts={int(k): int(c) for k, c in zip(labels, counts)},
+            sample_shape=(8, 8), max_value=16.0,
+        )
+    private_labels, names = _private_labels(data)
+    counts = np.bincount(private_labels[private_labels >= 0], minlength=len(names))
+    if kind == "image_folder":
+        size = tuple(_get(data, "image_size"))
+        channels = int(_get(data, "channels", 3))
+        shape = (*size, channels) if channels == 3 else size
+        modality, max_value = "image", 255.0
+    else:
+        shape, modality, max_value = (), "text", 1.0
     return DatasetInfo(
-        name="digits",
-        labels=tuple(int(v) for v in labels),
-        class_counts={int(k): int(c) for k, c in zip(labels, counts)},
-        image_shape=(8, 8),
-        max_value=16.0,
+        name=Path(_get(data, "path")).name, modality=modality,
+        labels=tuple(range(len(names))), class_names=dict(enumerate(names)),
+        class_counts={i: int(c) for i, c in enumerate(counts)},
+        sample_shape=tuple(shape), max_value=max_value,
     )
 
 
-def load_private(name: str, labels: tuple[int, ...] | None = None) -> Split:
+def _private_labels(data: Any) -> tuple[np.ndarray, list[str]]:
+    """Labels of the private rows (after holding out) and the class names."""
+    kind = _get(data, "kind")
+    path = Path(_get(data, "path"))
+    names_cfg = _get(data, "class_names")
+    if kind == "image_folder":
+        names, _, labels = _folder_index(path, names_cfg)
+    elif kind == "text_table":
+        table = _read_table(path, [_get(data, "label_column")])
+        names, labels = _text_labels(table.column(0).to_pylist(), names_cfg)
+    else:
+        raise ValueError(f"unknown dataset kind {kind!r}")
+    if _get(data, "heldout_path") is None:
+        labels = labels[~_stratified_holdout(labels, _get(data, "heldout_fraction", 0.2), _get(data, "split_seed", 0))]
+    return labels, names
+
+
+def _load_split(data: Any, which: str) -> Split:
+    kind = _get(data, "kind", "digits")
+    if kind == "digits":
+        private, heldout = _digits_split()
+        return private if which == "private" else heldout
+    heldout_path = _get(data, "heldout_path")
+    source = Path(_get(data, "path")) if (which == "private" or heldout_path is None) else Path(heldout_path)
+    names_cfg = _get(data, "class_names")
+    if kind == "image_folder":
+        names = names_cfg or [f.name for f in _class_folders(Path(_get(data, "path")))]
+        _, files, labels = _folder_index(source, names)
+    elif kind == "text_table":
+        names = names_cfg or _private_names(data)
+        table = _read_table(source, [_get(data, "text_column"), _get(data, "label_column")])
+        _, labels = _text_labels(table.column(1).to_pylist(), names)
+        files = np.asarray([str(t) for t in table.column(0).to_pylist()], dtype=object)
+    else:
+        raise ValueError(f"unknown dataset kind {kind!r}")
+    if heldout_path is None:
+        held = _stratified_holdout(labels, _get(data, "heldout_fraction", 0.2), _get(data, "split_seed", 0))
+        keep = held if which == "heldout" else ~held
+    else:
+        keep = np.ones(len(labels), dtype=bool)
+    keep &= labels >= 0  # rows whose label is outside the class set are ignored
+    index = np.flatnonzero(keep)
+    if kind == "image_folder":
+        samples = _read_images([files[i] for i in index], tuple(_get(data, "image_size")), int(_get(data, "channels", 3)))
+    else:
+        samples = files[index]
+    return Split(samples, labels[index])
+
+
+def _private_names(data: Any) -> list[str]:
+    return _private_labels(data)[1]
+
+
+def load_private(data: Any, labels: tuple[int, ...] | None = None) -> Split:
     """The private training set, optionally restricted to ``labels``.
 
     Private data: call only from a voter actor or from evaluation that the report
     marks as touching private data.
     """
-    if name != "digits":
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    private, _ = _digits_split()
-    if labels is None:
-        return private
-    keep = np.isin(private.labels, np.asarray(labels))
-    return Split(private.samples[keep], private.labels[keep])
+    return _load_split(data, "private").restrict(labels)
 
 
-def load_heldout(name: str) -> Split:
+def load_heldout(data: Any) -> Split:
     """Held-out real data for evaluation; disjoint from the private set."""
-    if name != "digits":
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    return _digits_split()[1]
+    return _load_split(data, "heldout")
+
+
+# ----------------------------------------------------------------------------- outputs
 
 
 def image_png(image: np.ndarray, max_value: float) -> bytes:
-    """An 8-bit greyscale PNG of one image with values in [0, max_value]."""
+    """An 8-bit PNG (greyscale or RGB) of one image with values in [0, max_value]."""
     pixels = np.clip(np.asarray(image, dtype=np.float64) / max_value, 0.0, 1.0)
     buffer = io.BytesIO()
-    Image.fromarray(np.round(pixels * 255).astype(np.uint8), mode="L").save(buffer, format="PNG")
+    Image.fromarray(np.round(pixels * 255).astype(np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _param_column(values: np.ndarray, n: int) -> pa.Array:
+    values = np.asarray(values)
+    if values.ndim == 1:
+        return pa.array(values)
+    inner = values.reshape(n, -1)
+    return pa.FixedSizeListArray.from_arrays(pa.array(inner.ravel()), inner.shape[1])
 
 
 def synthetic_table(
@@ -113,32 +299,57 @@ def synthetic_table(
     labels: np.ndarray,
     generations: np.ndarray,
     parent_ids: np.ndarray,
-    images: np.ndarray,
+    samples: np.ndarray,
     params: dict[str, np.ndarray],
     max_value: float,
 ) -> pa.Table:
-    """The synthetic set as an Arrow table: ids, lineage, image, PNG and generator params."""
+    """The synthetic set as an Arrow table: ids, lineage, the sample and generator params.
+
+    Images are stored flattened (``image``, shape in the schema metadata) and as
+    PNG bytes (``png``); text as ``text``.
+    """
     n = len(ids)
-    flat = np.asarray(images, dtype=np.float32).reshape(n, -1)
     columns: dict[str, pa.Array] = {
         "id": pa.array(np.asarray(ids, dtype=np.int64)),
         "label": pa.array(np.asarray(labels, dtype=np.int64)),
         "generation": pa.array(np.asarray(generations, dtype=np.int64)),
         "parent_id": pa.array(np.asarray(parent_ids, dtype=np.int64)),
-        "image": pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1]),
-        "png": pa.array([image_png(img, max_value) for img in images], type=pa.binary()),
     }
+    is_text = samples.dtype == object
+    if is_text:
+        columns["text"] = pa.array([str(s) for s in samples], type=pa.string())
+    else:
+        flat = np.asarray(samples, dtype=np.float32).reshape(n, -1)
+        columns["image"] = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), max(flat.shape[1], 1))
+        columns["png"] = pa.array([image_png(img, max_value) for img in samples], type=pa.binary())
     for name, values in params.items():
-        values = np.asarray(values)
-        if values.ndim == 1:
-            columns[f"param_{name}"] = pa.array(values)
-        else:
-            inner = values.reshape(n, -1)
-            columns[f"param_{name}"] = pa.FixedSizeListArray.from_arrays(
-                pa.array(inner.ravel()), inner.shape[1]
-            )
-    metadata = {b"image_shape": ",".join(str(s) for s in images.shape[1:]).encode()}
+        columns[f"param_{name}"] = _param_column(values, n)
+    metadata = {b"modality": b"text" if is_text else b"image"}
+    if not is_text:
+        metadata[b"image_shape"] = ",".join(str(s) for s in samples.shape[1:]).encode()
     return pa.table(columns).replace_schema_metadata(metadata)
+
+
+def read_synthetic(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], pa.Table]:
+    """Samples, labels and generator params back from a synthetic/checkpoint parquet file."""
+    table = pq.read_table(path)
+    n = table.num_rows
+    meta = table.schema.metadata or {}
+    if meta.get(b"modality") == b"text":
+        samples = np.asarray(table.column("text").to_pylist(), dtype=object)
+    else:
+        shape = tuple(int(s) for s in meta[b"image_shape"].decode().split(","))
+        flat = table.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        samples = flat.reshape(n, *shape).astype(np.float32)
+    params = {}
+    for name in table.column_names:
+        if name.startswith("param_"):
+            column = table.column(name).combine_chunks()
+            if pa.types.is_fixed_size_list(column.type):
+                params[name[6:]] = column.flatten().to_numpy(zero_copy_only=False).reshape(n, -1)
+            else:
+                params[name[6:]] = column.to_numpy(zero_copy_only=False)
+    return samples, table.column("label").to_numpy(), params, table
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
@@ -149,12 +360,3 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-def read_synthetic_images(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Images and labels back from a ``synthetic.parquet``."""
-    table = pq.read_table(path, columns=["label", "image"])
-    shape = tuple(int(s) for s in table.schema.metadata[b"image_shape"].decode().split(","))
-    flat = np.asarray(table.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False))
-    labels = table.column("label").to_numpy()
-    return flat.reshape(len(labels), *shape).astype(np.float32), labels

@@ -32,12 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from actors.generators.base import SampleBatch
 from pipelines.config import ConfigError, RunConfig, dump_config, load_config
-from pipelines.data import DatasetInfo, dataset_info, load_heldout, synthetic_table, write_parquet_atomic
+from pipelines.data import DatasetInfo, dataset_info, load_heldout, read_synthetic, synthetic_table, write_parquet_atomic
 from pipelines.histogram import degree_schedule, select_parents, sensitivity, threshold_counts
 from pipelines.metrics import downstream_accuracy, frechet_distance, private_reference_accuracy
 from pipelines.privacy import (
@@ -93,27 +91,13 @@ class Population:
         )
 
     @staticmethod
-    def from_parquet(path: Path, image_shape: tuple[int, ...]) -> "Population":
-        table = pq.read_table(path)
-        n = table.num_rows
-        flat = table.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        params = {}
-        for name in table.column_names:
-            if name.startswith("param_"):
-                column = table.column(name).combine_chunks()
-                if pa.types.is_fixed_size_list(column.type):
-                    params[name[6:]] = column.flatten().to_numpy(zero_copy_only=False).reshape(n, -1)
-                else:
-                    params[name[6:]] = column.to_numpy(zero_copy_only=False)
+    def from_parquet(path: Path) -> "Population":
+        samples, labels, params, table = read_synthetic(path)
         return Population(
             ids=table.column("id").to_numpy(),
             parent_ids=table.column("parent_id").to_numpy(),
             generation=table.column("generation").to_numpy(),
-            batch=SampleBatch(
-                labels=table.column("label").to_numpy(),
-                samples=flat.reshape(n, *image_shape).astype(np.float32),
-                params=params,
-            ),
+            batch=SampleBatch(labels=labels, samples=samples, params=params),
         )
 
 
@@ -190,10 +174,12 @@ def check_config(config: RunConfig, source: str) -> tuple[PrivacyPlan, DatasetIn
             (f for f in ("privacy.epsilon", "privacy.delta", "generations") if f in text), "privacy"
         )
         raise ConfigError(source, field_name, text) from None
+    check_models(config, source)
     try:
-        info = dataset_info(config.data.name)
-    except ValueError as exc:
-        raise ConfigError(source, "data.name", str(exc)) from None
+        info = dataset_info(config.data)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(source, "data.path" if config.data.kind != "digits" else "data.kind", str(exc)) from None
+    check_modality(config, info, source)
     labels = tuple(config.data.labels) if config.data.labels is not None else info.labels
     if not labels:
         raise ConfigError(source, "data.labels", "the label set is empty")
@@ -219,6 +205,59 @@ def check_config(config: RunConfig, source: str) -> tuple[PrivacyPlan, DatasetIn
     if config.variation.degree_end > config.variation.degree_start:
         raise ConfigError(source, "variation.degree_end", "must not exceed variation.degree_start")
     return plan, info, labels
+
+
+# Which generators and embedders work on which modality.
+_GENERATOR_MODALITY = {"simulator": "image", "diffusion": "image", "llm": "text"}
+_EMBEDDER_MODALITY = {"pixels": "image", "inception": "image", "clip": "image", "sentence_transformer": "text"}
+
+
+def _pydantic_error(source: str, prefix: str, exc: Exception) -> ConfigError:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+        return ConfigError(source, f"{prefix}.{loc}" if loc else prefix, message)
+    return ConfigError(source, prefix, str(exc))
+
+
+def check_models(config: RunConfig, source: str) -> None:
+    """Validate generator and embedder options (model paths exist, fields known) without loading a model."""
+    from actors.embedders import validate_embedder_options
+    from actors.generators.worker import validate_generator_options
+
+    if config.generator.kind != "simulator":
+        try:
+            validate_generator_options(config.generator.kind, config.generator.options)
+        except Exception as exc:  # pydantic.ValidationError or ValueError
+            raise _pydantic_error(source, "generator.options", exc) from None
+    try:
+        validate_embedder_options(config.embedder.kind, config.embedder.options)
+    except Exception as exc:
+        raise _pydantic_error(source, "embedder.options", exc) from None
+
+
+def check_modality(config: RunConfig, info: DatasetInfo, source: str) -> None:
+    """Generator, embedder and evaluation must suit the data (images or text)."""
+    if _GENERATOR_MODALITY[config.generator.kind] != info.modality:
+        raise ConfigError(source, "generator.kind", f"{config.generator.kind!r} makes {_GENERATOR_MODALITY[config.generator.kind]} samples; the data is {info.modality}")
+    if _EMBEDDER_MODALITY[config.embedder.kind] != info.modality:
+        raise ConfigError(source, "embedder.kind", f"{config.embedder.kind!r} embeds {_EMBEDDER_MODALITY[config.embedder.kind]}; the data is {info.modality}")
+    if config.evaluation.features == "pixels" and info.modality != "image":
+        raise ConfigError(source, "evaluation.features", "'pixels' needs image data; use 'embedding'")
+    if config.generator.kind == "simulator" and (info.sample_shape != (8, 8) or info.max_value != 16.0):
+        raise ConfigError(source, "generator.kind", f"the simulator draws 8x8 digits in 0..16; the data has samples {list(info.sample_shape)} in 0..{info.max_value:g}")
+
+
+def generator_context(info: DatasetInfo, labels: tuple[int, ...], device: str):
+    from actors.generators.base import GeneratorContext
+
+    return GeneratorContext(
+        modality=info.modality, sample_shape=info.sample_shape, max_value=info.max_value,
+        labels=labels, class_names={k: info.class_names[k] for k in labels}, device=device,
+    )
 
 
 def _config_differences(stored: dict[str, Any], given: dict[str, Any], prefix: str = "") -> list[str]:
@@ -267,19 +306,25 @@ class _Actors:
         from actors.voter import VoterShard
 
         self.ray = ray
+        res = config.resources
         restart = {"max_restarts": 3, "max_task_retries": 3}
-        generator_cls = ray.remote(GeneratorWorker).options(num_cpus=config.resources.generator_cpus, **restart)
-        options: dict[str, Any] = {}
-        if config.generator.fonts is not None:
-            options["fonts"] = list(config.generator.fonts)
-        self.generators = [generator_cls.remote(config.generator.kind, options) for _ in range(config.generators)]
-        voter_cls = ray.remote(VoterShard).options(num_cpus=config.resources.voter_cpus, **restart)
-        n_shards = min(config.resources.voter_shards, len(labels))
+        generator_cls = ray.remote(GeneratorWorker).options(
+            num_cpus=res.generator_cpus, num_gpus=res.generator_gpus, **restart
+        )
+        context = generator_context(info, labels, "cuda" if res.generator_gpus > 0 else "cpu")
+        self.generators = [
+            generator_cls.remote(config.generator.kind, dict(config.generator.options), context)
+            for _ in range(config.generators)
+        ]
+        voter_cls = ray.remote(VoterShard).options(num_cpus=res.voter_cpus, num_gpus=res.voter_gpus, **restart)
+        n_shards = min(res.voter_shards, len(labels))
         self.voter_labels = [labels[i::n_shards] for i in range(n_shards)]
         self.voters = [
             voter_cls.remote(
-                info.name, shard_labels, config.embedder.kind, info.max_value, info.image_shape,
+                config.data.model_dump(), shard_labels, config.embedder.kind, info.max_value, info.sample_shape,
                 config.vote.k, config.vote.knn_backend, config.vote.query_chunk, config.vote.db_chunk,
+                embedder_options=dict(config.embedder.options),
+                device="cuda" if res.voter_gpus > 0 else "cpu",
             )
             for shard_labels in self.voter_labels
         ]
@@ -343,7 +388,8 @@ class Synthesis:
         self.checkpoint_dir = run_dir / "checkpoint"
         self.progress_enabled = progress
         self.after_release = after_release
-        self.heldout = load_heldout(info.name)
+        self.heldout = load_heldout(config.data)
+        self._heldout_embedding: np.ndarray | None = None
 
     # ----------------------------------------------------------------- generation work
 
@@ -422,16 +468,25 @@ class Synthesis:
 
     # ----------------------------------------------------------------- evaluation
 
-    def _evaluate(self, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-        from actors.embedders import make_embedder
+    def _evaluate(self, actors: _Actors, samples: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """Downstream accuracy and Frechet distance against held-out real data.
 
-        embedder = make_embedder(self.config.embedder.kind, self.info.max_value)
+        Embeddings come from a voter's embedder (no model is loaded in the driver);
+        only synthetic and held-out samples are sent, never private ones.
+        """
+        embed = actors.voters[0].embed
+        if self._heldout_embedding is None:
+            self._heldout_embedding = actors.ray.get(embed.remote(self.heldout.samples))
+        synthetic = actors.ray.get(embed.remote(samples))
+        if self.config.evaluation.features == "pixels":
+            train, test, scale = samples, self.heldout.samples, self.info.max_value
+        else:
+            train, test, scale = synthetic, self._heldout_embedding, 1.0
         accuracy = downstream_accuracy(
-            images, labels, self.heldout.samples, self.heldout.labels,
-            classifier=self.config.evaluation.classifier, max_value=self.info.max_value,
+            train, labels, test, self.heldout.labels,
+            classifier=self.config.evaluation.classifier, max_value=scale,
         )
-        fd = frechet_distance(embedder.embed(images), embedder.embed(self.heldout.samples))
-        return {"accuracy": accuracy, "frechet_distance": fd}
+        return {"accuracy": accuracy, "frechet_distance": frechet_distance(synthetic, self._heldout_embedding)}
 
     # ----------------------------------------------------------------- checkpoints
 
@@ -445,7 +500,7 @@ class Synthesis:
         if not state_path.exists():
             return None
         state = json.loads(state_path.read_text())
-        population = Population.from_parquet(self.checkpoint_dir / "population.parquet", self.info.image_shape)
+        population = Population.from_parquet(self.checkpoint_dir / "population.parquet")
         if len(population) != state["population_size"]:
             raise ValueError(f"{self.checkpoint_dir}: population.parquet does not match state.json")
         return population, state
@@ -493,7 +548,7 @@ class Synthesis:
             with _Timer(meter, "generate", progress):
                 population = self._generate(actors, _RANDOM, 0, None, cfg.population.per_class, 1.0, None)
             with _Timer(meter, "evaluate", progress):
-                metrics = self._evaluate(population.batch.samples, population.batch.labels)
+                metrics = self._evaluate(actors, population.batch.samples, population.batch.labels)
             with _Timer(meter, "checkpoint", progress):
                 state = {
                     "generation": 0, "population_size": len(population), "elapsed_seconds": 0.0,
@@ -545,7 +600,7 @@ class Synthesis:
                                       "positive_bins_per_class": positive}
             if cfg.evaluation.every_generation or final:
                 with _Timer(meter, "evaluate", progress):
-                    record.update(self._evaluate(population.batch.samples, population.batch.labels))
+                    record.update(self._evaluate(actors, population.batch.samples, population.batch.labels))
             with _Timer(meter, "checkpoint", progress):
                 record["timing"] = dict(meter.stages)
                 record["wall_seconds"] = time.perf_counter() - gen_t0
@@ -563,9 +618,14 @@ class Synthesis:
 
     def _baselines(self, actors: _Actors) -> dict[str, Any]:
         prior = self._generate(actors, _PRIOR_BASELINE, 0, None, self.config.population.final_per_class, 1.0, None)
-        generation0 = self._evaluate(prior.batch.samples, prior.batch.labels)
-        task = actors.ray.remote(private_reference_accuracy).options(num_cpus=0.5)
-        real = actors.ray.get(task.remote(self.info.name, self.config.evaluation.classifier, self.info.max_value))
+        generation0 = self._evaluate(actors, prior.batch.samples, prior.batch.labels)
+        res = self.config.resources
+        task = actors.ray.remote(private_reference_accuracy).options(num_cpus=res.voter_cpus, num_gpus=res.voter_gpus)
+        real = actors.ray.get(task.remote(
+            self.config.data.model_dump(), self.config.evaluation.classifier, self.info.max_value,
+            self.config.evaluation.features, self.config.embedder.kind, dict(self.config.embedder.options),
+            "cuda" if res.voter_gpus > 0 else "cpu",
+        ))
         return {
             "generation0": {**generation0, "samples": len(prior),
                             "note": "the simulator's prior alone: no private information"},

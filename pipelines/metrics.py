@@ -67,19 +67,29 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return max(value, 0.0)
 
 
-def private_reference_accuracy(dataset: str, classifier: str, max_value: float) -> float:
+def private_reference_accuracy(
+    data: dict,
+    classifier: str,
+    max_value: float,
+    features: str = "pixels",
+    embedder: str = "pixels",
+    embedder_options: dict | None = None,
+    device: str = "cpu",
+) -> float:
     """Held-out accuracy of the classifier trained on the real private set.
 
     Touches private data (it is the ceiling synthetic data is compared with); the
     report marks it so. Run it where private data may be read (a Ray task).
     """
-    private = load_private(dataset)
-    heldout = load_heldout(dataset)
+    private = load_private(data)
+    heldout = load_heldout(data)
+    if features == "pixels":
+        train, test, scale = private.samples, heldout.samples, max_value
+    else:
+        from actors.embedders import make_embedder
+
+        model = make_embedder(embedder, max_value, embedder_options or {}, device)
+        train, test, scale = model.embed(private.samples), model.embed(heldout.samples), 1.0
     return downstream_accuracy(
-        private.samples,
-        private.labels,
-        heldout.samples,
-        heldout.labels,
-        classifier=classifier,
-        max_value=max_value,
+        train, private.labels, test, heldout.labels, classifier=classifier, max_value=scale
     )

@@ -74,7 +74,11 @@ def build_report(
                 "class_counts": {str(k): run.info.class_counts[k] for k in run.labels},
                 "n_private": sum(run.info.class_counts[k] for k in run.labels),
                 "delta": cfg.privacy.delta,
-                "data_bounds": f"pixel values in [0, {run.info.max_value:g}], images {list(run.info.image_shape)}",
+                "class_names": {str(k): run.info.class_names[k] for k in run.labels},
+                "data_bounds": (
+                    f"pixel values in [0, {run.info.max_value:g}], images {list(run.info.sample_shape)}"
+                    if run.info.modality == "image" else "text; no bounds assumed"
+                ),
                 "generator": f"{cfg.generator.kind} (no private data)",
                 "seed": "the run seed drives generation and selection only; release noise is "
                         + ("from OS entropy" if sources == ["os-entropy"] else "SEEDED: this run is NOT private"),
@@ -104,7 +108,7 @@ def build_report(
             "synthetic": "synthetic.parquet",
             "ledger": "ledger.jsonl",
             "releases": "releases/",
-            "plots": ["samples.png", "progress.png"],
+            "plots": ["samples.png" if run.info.modality == "image" else "samples.md", "progress.png"],
             "private_data_on_disk": None,
         },
     }
@@ -114,7 +118,10 @@ def write_outputs(run: "Synthesis", population: "Population", report: dict[str, 
     """synthetic.parquet, the plots, then report.json last (its presence marks a finished run)."""
     out = run.run_dir
     write_parquet_atomic(population.table(run.info.max_value), out / "synthetic.parquet")
-    plot_samples(population, run.heldout.samples, run.heldout.labels, run.labels, run.info.max_value, out / "samples.png")
+    if run.info.modality == "image":
+        plot_samples(population, run.heldout.samples, run.heldout.labels, run.labels, run.info.max_value, out / "samples.png")
+    else:
+        write_text_samples(population, run.info.class_names, run.labels, out / "samples.md")
     plot_progress(report, out / "progress.png")
     tmp = out / ".report.json.tmp"
     tmp.write_text(json.dumps(report, indent=2))
@@ -140,11 +147,27 @@ def plot_samples(population, real_images, real_labels, labels, max_value: float,
         for c, ax in enumerate(axes[r]):
             ax.set_axis_off()
             if c < len(cells) and cells[c] is not None:
-                ax.imshow(cells[c], cmap="gray_r", vmin=0, vmax=max_value)
+                if cells[c].ndim == 3:  # RGB, channels last
+                    ax.imshow(np.clip(cells[c] / max_value, 0.0, 1.0))
+                else:
+                    ax.imshow(cells[c], cmap="gray_r", vmin=0, vmax=max_value)
         axes[r][0].set_title(str(label), fontsize=6, loc="left")
     fig.suptitle("synthetic (left) | held-out real (right)", fontsize=8)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+def write_text_samples(population, class_names, labels, path: Path, per_class: int = 5) -> None:
+    """A few synthetic texts per class, as Markdown (the text counterpart of samples.png)."""
+    rng = np.random.default_rng(0)
+    lines = ["# Synthetic samples", ""]
+    for label in labels:
+        rows = np.flatnonzero(population.batch.labels == label)
+        lines += [f"## {class_names[label]}", ""]
+        for i in rng.choice(rows, size=min(per_class, len(rows)), replace=False):
+            lines.append("- " + " ".join(str(population.batch.samples[i]).split()))
+        lines.append("")
+    path.write_text("\n".join(lines))
 
 
 def plot_progress(report: dict[str, Any], path: Path) -> None:
