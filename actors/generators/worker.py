@@ -64,6 +64,10 @@ class GeneratorWorker:
         import os
 
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        if kind != "simulator":  # model generators run torch: keep it to this actor's share of cores
+            import torch
+
+            torch.set_num_threads(threads)
         self._generator = make_generator(kind, options, context)
         self._cpu = 0.0
         self._busy = 0.0
