@@ -209,7 +209,6 @@ def check_config(config: RunConfig, source: str) -> tuple[PrivacyPlan, DatasetIn
 
 # Which generators and embedders work on which modality.
 _GENERATOR_MODALITY = {"simulator": "image", "diffusion": "image", "llm": "text"}
-_EMBEDDER_MODALITY = {"pixels": "image", "inception": "image", "clip": "image", "sentence_transformer": "text"}
 
 
 def _pydantic_error(source: str, prefix: str, exc: Exception) -> ConfigError:
@@ -243,8 +242,11 @@ def check_modality(config: RunConfig, info: DatasetInfo, source: str) -> None:
     """Generator, embedder and evaluation must suit the data (images or text)."""
     if _GENERATOR_MODALITY[config.generator.kind] != info.modality:
         raise ConfigError(source, "generator.kind", f"{config.generator.kind!r} makes {_GENERATOR_MODALITY[config.generator.kind]} samples; the data is {info.modality}")
-    if _EMBEDDER_MODALITY[config.embedder.kind] != info.modality:
-        raise ConfigError(source, "embedder.kind", f"{config.embedder.kind!r} embeds {_EMBEDDER_MODALITY[config.embedder.kind]}; the data is {info.modality}")
+    from actors.embedders import embedder_modality
+
+    embeds = embedder_modality(config.embedder.kind)
+    if embeds != info.modality:
+        raise ConfigError(source, "embedder.kind", f"{config.embedder.kind!r} embeds {embeds}; the data is {info.modality}")
     if config.evaluation.features == "pixels" and info.modality != "image":
         raise ConfigError(source, "evaluation.features", "'pixels' needs image data; use 'embedding'")
     if config.generator.kind == "simulator" and (info.sample_shape != (8, 8) or info.max_value != 16.0):

@@ -92,3 +92,4 @@ def test_text_config_refusals_before_any_data(tmp_path, tiny_lm):
         synthesize(small_config(**simulator_on_text), tmp_path / "run3")
     assert info.value.field == "generator.kind"
     assert not any((tmp_path / f"run{i}").exists() for i in (1, 2, 3))
+
