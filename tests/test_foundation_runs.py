@@ -93,3 +93,103 @@ def test_text_config_refusals_before_any_data(tmp_path, tiny_lm):
     assert info.value.field == "generator.kind"
     assert not any((tmp_path / f"run{i}").exists() for i in (1, 2, 3))
 
+
+
+# --------------------------------------------------------------------------- images
+
+
+def digits_folder(root, per_class=16, classes=3, size=16):
+    """Real digits (upscaled to RGB), one subfolder per class: a small image-folder private set."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for label in range(classes):
+        folder = root / f"digit{label}"
+        folder.mkdir(parents=True)
+        for i, row in enumerate(np.flatnonzero(digits.target == label)[:per_class]):
+            img = (digits.images[row] / 16 * 255).astype(np.uint8)
+            Image.fromarray(img).resize((size, size)).convert("RGB").save(folder / f"{i:03d}.png")
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("clip") / "tiny-clip"
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=32, patch_size=8, projection_dim=16)
+    CLIPVisionModelWithProjection(config).save_pretrained(str(path))
+    return str(path)
+
+
+def image_overrides(folder, unet, clip):
+    return {
+        "generations": 2,
+        "privacy.delta": 1e-3,
+        "data.kind": "image_folder", "data.path": folder, "data.image_size": "[8, 8]", "data.channels": 3,
+        "data.heldout_fraction": 0.25,
+        "population.per_class": 8, "population.final_per_class": 10, "population.shard_size": 4,
+        "vote.k": 2, "vote.lookahead": 2,
+        "generator.kind": "diffusion",
+        "generator.options": json.dumps({"pipeline": "ddim", "model_path": unet, "class_map": {0: 0, 1: 1, 2: 2},
+                                         "num_inference_steps": 4, "batch_size": 8}),
+        "embedder.kind": "clip", "embedder.options": json.dumps({"model_path": clip, "batch_size": 16}),
+        "evaluation.classifier": "logreg", "evaluation.features": "embedding",
+    }
+
+
+def test_image_pe_with_tiny_diffusion_and_clip(tmp_path, tiny_clip, ray_session):
+    from tiny_diffusion import build_tiny_ddim
+
+    folder = digits_folder(tmp_path / "digits")
+    unet = str(build_tiny_ddim(tmp_path / "ddim", num_classes=3, image_size=16))
+    config = small_config(**image_overrides(folder, unet, tiny_clip))
+    result = synthesize(config, tmp_path / "run", insecure_noise_seed=5)
+    report = result.report
+    assert report["privacy"]["releases"] == 2 == len(PrivacyLedger(tmp_path / "run").records())
+    assert report["privacy"]["assumed_public"]["data_bounds"].endswith("images [8, 8, 3]")
+    table = pq.read_table(tmp_path / "run" / "synthetic.parquet")
+    assert table.num_rows == 30 and table.schema.metadata[b"image_shape"] == b"8,8,3"
+    images = np.asarray(table.column("image").combine_chunks().flatten()).reshape(30, 8, 8, 3)
+    assert images.min() >= 0 and images.max() <= 255
+    assert (tmp_path / "run" / "samples.png").stat().st_size > 1000
+    for key in ("accuracy", "frechet_distance"):
+        assert np.isfinite(report["evaluation"][key])
+
+
+def test_image_config_names_a_missing_model_before_reading_data(tmp_path, tiny_clip):
+    folder = digits_folder(tmp_path / "digits")
+    with pytest.raises(ConfigError) as info:
+        synthesize(small_config(**image_overrides(folder, str(tmp_path / "nope"), tiny_clip)), tmp_path / "run")
+    assert info.value.field.startswith("generator.options") and "nope" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        synthesize(small_config(**image_overrides(folder, str(tmp_path / "nope"), str(tmp_path / "noclip"))),
+                   tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_diffusion_degree_moves_farther_in_embedding_space(tmp_path, tiny_clip):
+    """SDEdit at a larger degree lands farther from the parent in CLIP space."""
+    from tiny_diffusion import build_tiny_ddim
+
+    from actors.embedders import make_embedder
+    from actors.generators.base import GeneratorContext
+    from actors.generators.worker import make_generator
+
+    unet = str(build_tiny_ddim(tmp_path / "ddim", num_classes=3, image_size=16, output_scale=0.0))
+    context = GeneratorContext(modality="image", sample_shape=(16, 16, 3), max_value=255.0, labels=(0, 1, 2),
+                               class_names={0: "0", 1: "1", 2: "2"})
+    generator = make_generator("diffusion", {"pipeline": "ddim", "model_path": unet, "class_map": {0: 0, 1: 1, 2: 2},
+                                             "num_inference_steps": 10, "batch_size": 32}, context)
+    parents = generator.random(np.repeat([0, 1, 2], 10), seed=1)
+    embedder = make_embedder("clip", 255.0, {"model_path": tiny_clip})
+    base = embedder.embed(parents.samples)
+    distances = [
+        float(np.linalg.norm(embedder.embed(generator.variation(parents, d, seed=2).samples) - base, axis=1).mean())
+        for d in (0.1, 0.5, 1.0)
+    ]
+    assert distances[0] < distances[1] < distances[2], distances
