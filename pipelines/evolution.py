@@ -298,6 +298,24 @@ def check_resume(config: RunConfig, run_dir: Path, source: str) -> None:
 # --------------------------------------------------------------------------- driver
 
 
+def check_capacity(config: RunConfig, available: dict[str, float], voter_shards: int) -> None:
+    """Fail fast when the Ray cluster cannot hold every actor at once (they would wait forever)."""
+    res = config.resources
+    need = {
+        "CPU": config.generators * res.generator_cpus + voter_shards * res.voter_cpus,
+        "GPU": config.generators * res.generator_gpus + voter_shards * res.voter_gpus,
+    }
+    for kind, amount in need.items():
+        have = float(available.get(kind, 0.0))
+        if amount > have + 1e-9:
+            field = "resources.generator_gpus" if kind == "GPU" else "resources.generator_cpus"
+            raise ConfigError(
+                "cluster", field,
+                f"the plan needs {amount:g} {kind}s ({config.generators} generators, {voter_shards} voter shards) "
+                f"but the Ray cluster has {have:g}; lower the per-actor resources or the actor counts",
+            )
+
+
 class _Actors:
     """The run's Ray actors: long-lived generator workers and voter shards."""
 
@@ -530,6 +548,12 @@ class Synthesis:
         progress = Progress(self.config.generations, self.progress_enabled)
         actors = None
         try:
+            if not os.environ.get("RAY_ADDRESS"):
+                # A local instance cannot grow: a plan larger than it would wait forever.
+                # (An autoscaling cluster may add nodes, so there the actors are left to wait.)
+                check_capacity(
+                    self.config, ray.cluster_resources(), min(self.config.resources.voter_shards, len(self.labels))
+                )
             actors = _Actors(self.config, self.info, self.labels)
             report = self._run(actors, progress, wall0, ray_start)
         finally:

@@ -193,3 +193,40 @@ def test_diffusion_degree_moves_farther_in_embedding_space(tmp_path, tiny_clip):
         for d in (0.1, 0.5, 1.0)
     ]
     assert distances[0] < distances[1] < distances[2], distances
+
+
+@pytest.mark.parametrize("name", ["text-cpu.yaml", "text-vllm.yaml"])
+def test_shipped_text_configs_pass_every_check(name, tmp_path, tiny_lm):
+    """With data and model paths pointed at local stand-ins, the configs pass the driver's checks."""
+    import yaml
+
+    from pathlib import Path
+
+    from pipelines.config import parse_config
+    from pipelines.evolution import check_config
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / name).read_text())
+    for key in ("path", "heldout_path"):
+        path = tmp_path / f"{key}.csv"
+        with open(path, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow([raw["data"]["text_column"], raw["data"]["label_column"]])
+            writer.writerows([(f"review {i}", i % 2) for i in range(2000)])
+        raw["data"][key] = str(path)
+    raw["generator"]["options"]["model_path"] = tiny_lm
+    config = parse_config(raw, name)
+    plan, info, labels = check_config(config, name)
+    assert info.modality == "text" and labels == (0, 1)
+    assert plan.releases == config.generations
+
+
+def test_a_plan_larger_than_the_cluster_is_refused():
+    from pipelines.evolution import check_capacity
+
+    config = small_config(generators=3, **{"resources.generator_cpus": 1.0})
+    with pytest.raises(ConfigError, match=r"needs 3\.25 CPUs .* has 2"):
+        check_capacity(config, {"CPU": 2.0}, voter_shards=1)
+    check_capacity(config, {"CPU": 4.0}, voter_shards=1)
+    gpu = small_config(**{"resources.generator_gpus": 1.0})
+    with pytest.raises(ConfigError, match="GPU"):
+        check_capacity(gpu, {"CPU": 8.0}, voter_shards=1)
