@@ -66,13 +66,13 @@ class DataConfig(_Strict):
     @model_validator(mode="after")
     def _kind_fields(self) -> "DataConfig":
         if self.kind != "digits" and not self.path:
-            raise ValueError(f"data.path: required for data.kind {self.kind!r}")
+            raise ValueError(f"path: required for data.kind {self.kind!r}")
         if self.kind == "image_folder" and (self.image_size is None or len(self.image_size) != 2):
-            raise ValueError("data.image_size: must be [height, width] for data.kind 'image_folder'")
+            raise ValueError("image_size: must be [height, width] for data.kind 'image_folder'")
         for name in ("path", "heldout_path"):
             value = getattr(self, name)
             if self.kind != "digits" and value is not None and not Path(value).exists():
-                raise ValueError(f"data.{name}: {value} does not exist")
+                raise ValueError(f"{name}: {value} does not exist")
         return self
 
 
@@ -179,6 +179,26 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> d
     return raw
 
 
+def parse_error(exc: ValidationError, source: str) -> ConfigError:
+    """The first problem of a pydantic ValidationError, as a ConfigError naming its field."""
+    first = exc.errors()[0]
+    field = _field_path(first["loc"])
+    message = first["msg"]
+    # A model-level check names its field relative to its model: "Value error, path: ..."
+    named = re.match(r"Value error, ([A-Za-z_][\w.]*): (.*)", message, re.S)
+    if named:
+        field = ".".join(p for p in (_field_path(first["loc"]) if first["loc"] else "", named.group(1)) if p)
+        message = named.group(2)
+    elif first["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif "input" in first and first["type"] != "missing":
+        message = f"{message} (got {first['input']!r})"
+    others = len(exc.errors()) - 1
+    if others:
+        message += f" (and {others} more problem{'s' if others > 1 else ''})"
+    return ConfigError(source, field, message)
+
+
 def parse_config(raw: Any, source: str) -> RunConfig:
     """Validate a parsed mapping; errors name ``source`` and the first bad field."""
     if not isinstance(raw, dict):
@@ -186,22 +206,7 @@ def parse_config(raw: Any, source: str) -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = _field_path(first["loc"])
-        message = first["msg"]
-        # A model-level check names its own field: "Value error, data.path: ..."
-        named = re.match(r"Value error, ([A-Za-z_][\w.]*): (.*)", message, re.S)
-        if named:
-            field, message = named.group(1), named.group(2)
-            first = {**first, "type": "value_error_named"}
-        if first["type"] == "extra_forbidden":
-            message = "unknown field"
-        elif "input" in first and first["type"] not in ("missing", "value_error_named"):
-            message = f"{message} (got {first['input']!r})"
-        others = len(exc.errors()) - 1
-        if others:
-            message += f" (and {others} more problem{'s' if others > 1 else ''})"
-        raise ConfigError(source, field, message) from None
+        raise parse_error(exc, source) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
