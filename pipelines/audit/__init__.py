@@ -1,0 +1,42 @@
+"""The audit: canaries, LiRA, mechanism-level tests and their statistics (numpy/scipy/sklearn).
+
+"Does training with synthetic data truly protect privacy?" (Zhao & Zhang, ICLR 2025): canaries
+in exactly half of the runs of a paradigm, LiRA on every run, and TPR at low FPR, AUC and an
+empirical epsilon lower bound with a Clopper-Pearson interval.
+"""
+
+from .canaries import balanced_membership, choose_canaries, mislabel
+from .lira import lira_offline, lira_online, logit_confidence
+from .mechanism import gaussian_epsilon, project_release, simulate_gaussian_audit
+from .metrics import (
+    auc,
+    bootstrap_tpr_at_fpr,
+    clopper_pearson,
+    epsilon_lower_bound,
+    is_violation,
+    one_run_epsilon_lower,
+    one_run_guesses,
+    roc,
+    tpr_at_fpr,
+)
+
+__all__ = [
+    "auc",
+    "balanced_membership",
+    "bootstrap_tpr_at_fpr",
+    "choose_canaries",
+    "clopper_pearson",
+    "epsilon_lower_bound",
+    "gaussian_epsilon",
+    "is_violation",
+    "lira_offline",
+    "lira_online",
+    "logit_confidence",
+    "mislabel",
+    "one_run_epsilon_lower",
+    "one_run_guesses",
+    "project_release",
+    "roc",
+    "simulate_gaussian_audit",
+    "tpr_at_fpr",
+]
