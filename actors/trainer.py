@@ -695,8 +695,9 @@ def add_noise_and_average(
 
 
 def dpsgd_steps(epochs: float, sample_rate: float) -> int:
-    """Number of DP-SGD steps for ``epochs`` passes in expectation at ``sample_rate``."""
-    return max(1, round(epochs / sample_rate))
+    """Number of DP-SGD steps for ``epochs`` passes in expectation at ``sample_rate``:
+    ``int(epochs / sample_rate)``, as opacus' ``get_noise_multiplier(epochs=...)`` counts them."""
+    return max(1, int(epochs / sample_rate))
 
 
 def train_batched_dpsgd(
