@@ -23,6 +23,11 @@ def _parser() -> argparse.ArgumentParser:
     syn.add_argument("--out", help="run directory to create (default: runs/NAME-TIMESTAMP)")
     syn.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in RUN_DIR")
     syn.add_argument("--quiet", action="store_true", help="no progress bars")
+    aud = sub.add_parser("audit", help="membership-inference audit of training paradigms")
+    aud.add_argument("config", help="audit config (YAML)")
+    aud.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config field (repeatable)")
+    aud.add_argument("--out", help="audit directory to create (default: runs/NAME-TIMESTAMP)")
     return parser
 
 
@@ -66,11 +71,24 @@ def _synthesize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from pipelines.audit.job import load_audit_config, run_audit, summary_table
+
+    config = load_audit_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    report = run_audit(config, out)
+    print(f"audit directory    {out}")
+    print(summary_table(report))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "synthesize":
             return _synthesize(args)
+        if args.command == "audit":
+            return _audit(args)
     except ConfigError as exc:
         print(f"privevo: error: {exc}", file=sys.stderr)
         return 2

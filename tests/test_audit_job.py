@@ -1,0 +1,64 @@
+"""The audit job end to end on digits: outputs, report keys, leakage found where it exists."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.cli import main
+from pipelines.config import ConfigError
+
+pytestmark = pytest.mark.slow
+
+
+def write_config(tmp_path, text):
+    path = tmp_path / "audit.yaml"
+    path.write_text(text)
+    return path
+
+
+SMALL = """
+name: audit-small
+seed: 1
+runs: 16
+canaries: {count: 40}
+training: {hidden: [128], epochs: 60}
+paradigms:
+  - {kind: none}
+  - {name: dpsgd-eps1, kind: dpsgd, epsilon: 1.0, epochs: 10, batch_size: 256, lr: 1.0, momentum: 0.0}
+"""
+
+
+def test_audit_finds_leakage_of_plain_training_not_of_dpsgd(tmp_path, capsys):
+    out = tmp_path / "audit"
+    assert main(["audit", str(write_config(tmp_path, SMALL)), "--out", str(out)]) == 0
+    assert "| none |" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    none, dp = report["paradigms"]["none"], report["paradigms"]["dpsgd-eps1"]
+    for p in (none, dp):
+        for key in ("accuracy", "tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", "auc", "epsilon_lower", "epsilon_lower_ci", "epsilon"):
+            assert key in p
+        assert len(p["epsilon_lower_ci"]) == 2
+    assert none["epsilon"] is None and abs(dp["epsilon"] - 1.0) < 0.05
+    assert none["accuracy"] > 0.85
+    assert none["auc"] > 0.9  # mislabeled canaries are memorised by plain training
+    assert none["tpr_at_1pct_fpr"] > 0.5
+    assert dp["epsilon_lower_ci"][0] <= dp["epsilon"]  # never claims more leakage than DP allows
+    membership = np.load(out / "membership.npy")
+    assert membership.shape == (16, 40) and (membership.sum(0) == 8).all()
+    scores = pq.read_table(out / "scores.parquet")
+    assert scores.num_rows == 2 * 16 * 40
+    assert (out / "roc.png").stat().st_size > 1000
+    assert oct((out / "private").stat().st_mode & 0o777) == "0o700"
+
+
+def test_audit_config_refusals(tmp_path):
+    with pytest.raises(ConfigError, match=r"runs: must be even"):
+        from pipelines.audit.job import load_audit_config
+
+        load_audit_config(write_config(tmp_path, SMALL.replace("runs: 16", "runs: 15")))
+    with pytest.raises(ConfigError, match=r"paradigms\.0\.epsilon: required"):
+        load_audit_config(write_config(tmp_path, SMALL.replace("- {kind: none}", "- {kind: dpsgd}")))
+    with pytest.raises(ConfigError, match=r"paradigms\.0\.kind"):
+        load_audit_config(write_config(tmp_path, SMALL.replace("- {kind: none}", "- {kind: magic}")))
