@@ -49,7 +49,7 @@ class PrivacyConfig(_Strict):
 class DataConfig(_Strict):
     """The private set and its held-out real split (see pipelines/data.py)."""
 
-    kind: Literal["digits", "image_folder", "text_table"] = "digits"
+    kind: Literal["digits", "image_folder", "text_table", "arrays"] = "digits"
     path: str | None = Field(None, description="image folder (one subfolder per class) or CSV/parquet table")
     heldout_path: str | None = Field(None, description="held-out real data; default: a split of path")
     heldout_fraction: float = Field(0.2, gt=0, lt=1)

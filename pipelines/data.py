@@ -12,7 +12,9 @@ Kinds (``data.kind`` in a config):
   into 1,200 private-train and 597 held-out samples;
 * ``image_folder``: one subfolder per class (its name is the class name), images
   inside; resized to ``image_size`` with ``channels`` 1 or 3, values 0..255;
-* ``text_table``: a CSV or parquet file with a text column and a label column.
+* ``text_table``: a CSV or parquet file with a text column and a label column;
+* ``arrays``: a ``.npz`` file with ``samples``, ``labels``, ``heldout_samples``,
+  ``heldout_labels`` and ``max_value`` (how the audit hands each run its private set).
 
 Without ``heldout_path``, a fixed stratified fraction (``heldout_fraction``, seed
 ``split_seed``) of ``path`` is held out.
@@ -179,9 +181,24 @@ def _text_labels(values: list[Any], class_names: list[str] | None) -> tuple[list
 # ----------------------------------------------------------------------------- public API
 
 
+def _arrays(data: Any) -> dict[str, np.ndarray]:
+    with np.load(Path(_get(data, "path")), allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
 def dataset_info(data: Any) -> DatasetInfo:
     """The public description of a dataset; reads labels and file names, never samples."""
     kind = _get(data, "kind", "digits")
+    if kind == "arrays":
+        with np.load(Path(_get(data, "path")), allow_pickle=False) as npz:
+            labels_all, shape, max_value = npz["labels"], npz["samples"].shape[1:], float(npz["max_value"])
+        labels = tuple(int(v) for v in np.unique(labels_all))
+        counts = np.bincount(labels_all, minlength=max(labels) + 1)
+        return DatasetInfo(
+            name=Path(_get(data, "path")).stem, modality="image", labels=labels,
+            class_names={k: str(k) for k in labels}, class_counts={k: int(counts[k]) for k in labels},
+            sample_shape=tuple(int(v) for v in shape), max_value=max_value,
+        )
     if kind == "digits":
         private, _ = _digits_split()
         labels, counts = np.unique(private.labels, return_counts=True)
@@ -230,6 +247,10 @@ def _load_split(data: Any, which: str) -> Split:
     if kind == "digits":
         private, heldout = _digits_split()
         return private if which == "private" else heldout
+    if kind == "arrays":
+        arrays = _arrays(data)
+        prefix = "" if which == "private" else "heldout_"
+        return Split(arrays[f"{prefix}samples"].astype(np.float32), arrays[f"{prefix}labels"].astype(np.int64))
     heldout_path = _get(data, "heldout_path")
     source = Path(_get(data, "path")) if (which == "private" or heldout_path is None) else Path(heldout_path)
     names_cfg = _get(data, "class_names")

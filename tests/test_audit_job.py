@@ -62,3 +62,31 @@ def test_audit_config_refusals(tmp_path):
         load_audit_config(write_config(tmp_path, SMALL.replace("- {kind: none}", "- {kind: dpsgd}")))
     with pytest.raises(ConfigError, match=r"paradigms\.0\.kind"):
         load_audit_config(write_config(tmp_path, SMALL.replace("- {kind: none}", "- {kind: magic}")))
+
+
+def test_pe_paradigm_runs_pe_per_run_and_stays_below_its_epsilon(tmp_path):
+    from pathlib import Path
+
+    digits = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
+    text = f"""
+name: audit-pe
+seed: 2
+runs: 8
+canaries: {{count: 20}}
+training: {{hidden: [64], epochs: 30}}
+paradigms:
+  - {{kind: pe, epsilon: 2.0, synthesize: {digits},
+      set: [generations=2, population.per_class=20, population.final_per_class=40, vote.k=1, generators=1]}}
+"""
+    out = tmp_path / "audit"
+    assert main(["audit", str(write_config(tmp_path, text)), "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    pe = report["paradigms"]["pe"]
+    assert pe["epsilon"] is not None and abs(pe["epsilon"] - 2.0) < 0.05  # accounted by each PE run
+    assert pe["epsilon_lower_ci"][0] <= pe["epsilon"]
+    assert pe["accuracy"] > 0.5  # classifiers trained on each run's own DP synthetic set
+    # each run's private set, and its PE run, live in the owner-only private folder
+    private = out / "private"
+    assert len(list(private.glob("pe-run*.npz"))) == 8
+    assert all((private / f"pe-run{r:03d}" / "ledger.jsonl").exists() for r in range(8))
+    assert oct(private.stat().st_mode & 0o777) == "0o700"

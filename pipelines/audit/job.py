@@ -55,8 +55,10 @@ class TrainingConfig(_Strict):
 
 class ParadigmConfig(_Strict):
     name: str | None = Field(None, description="report key; default: the kind (plus the epsilon if several)")
-    kind: Literal["none", "dpsgd"]
-    epsilon: float | None = Field(None, gt=0, description="dpsgd: target epsilon of the whole training")
+    kind: Literal["none", "dpsgd", "pe"]
+    epsilon: float | None = Field(None, gt=0, description="dpsgd/pe: target epsilon")
+    synthesize: str = Field("configs/digits.yaml", description="pe: the synthesize config each run uses")
+    set: list[str] = Field(default_factory=list, description="pe: overrides of the synthesize config")
     max_grad_norm: float = Field(1.0, gt=0)
     epochs: int | None = Field(None, ge=1, description="overrides training.epochs")
     batch_size: int | None = Field(None, ge=1, description="overrides training.batch_size")
@@ -65,8 +67,8 @@ class ParadigmConfig(_Strict):
 
     @model_validator(mode="after")
     def _dp_needs_epsilon(self) -> "ParadigmConfig":
-        if self.kind == "dpsgd" and self.epsilon is None:
-            raise ValueError("epsilon: required for kind 'dpsgd'")
+        if self.kind in ("dpsgd", "pe") and self.epsilon is None:
+            raise ValueError(f"epsilon: required for kind {self.kind!r}")
         return self
 
 
@@ -130,6 +132,7 @@ def _run_paradigm(
     canary_labels: np.ndarray,
     x_test: np.ndarray,
     y_test: np.ndarray,
+    private_dir: Path,
 ) -> dict[str, Any]:
     """Train the R runs of one paradigm; return canary scores and accuracies."""
     from actors.trainer import (
@@ -153,7 +156,11 @@ def _run_paradigm(
     )
     seeds = [int(np.random.SeedSequence([config.seed, index, r]).generate_state(1)[0]) for r in range(config.runs)]
     accounted = None
-    if paradigm.kind == "none":
+    if paradigm.kind == "pe":
+        x_syn, y_syn, w_syn, accounted = _pe_synthetic_sets(index, paradigm, config, x, y, weights, x_test, y_test,
+                                                            private_dir)
+        model = train_batched(x_syn, y_syn, w_syn, spec, seeds, n_classes=10)
+    elif paradigm.kind == "none":
         model = train_batched(x, y, weights, spec, seeds, n_classes=10)
     else:
         n_included = float(weights.sum(1).mean())
@@ -170,6 +177,42 @@ def _run_paradigm(
     scores = logit_confidence(logits, canary_labels[None, None, :]).mean(axis=1)  # (R, C)
     accuracy = model.accuracy(x_test, y_test)
     return {"scores": scores, "accuracy": accuracy, "epsilon": accounted}
+
+
+def _pe_synthetic_sets(index, paradigm, config, x, y, weights, x_test, y_test, private_dir: Path):
+    """Run PE once per audit run on that run's private set; stack the synthetic sets.
+
+    Each run's private set (the always-in samples plus its half of the canaries) is
+    written to ``private/`` (owner-only) as an ``arrays`` dataset and synthesized
+    with real (OS-entropy) release noise. The synthetic sets are stacked into one
+    training set with a per-run mask, so the R classifiers train as one batch.
+    """
+    from pipelines.config import load_config
+    from pipelines.data import read_synthetic
+    from pipelines.evolution import synthesize
+
+    name = paradigm.name or paradigm.kind
+    parts, labels, owners, accounted = [], [], [], None
+    for r in range(config.runs):
+        rows = weights[r] > 0
+        data_path = private_dir / f"{name}-run{r:03d}.npz"
+        np.savez(data_path, samples=x[rows] * 16.0, labels=y[rows], heldout_samples=x_test * 16.0,
+                 heldout_labels=y_test, max_value=np.float64(16.0))
+        seed = int(np.random.SeedSequence([config.seed, index, r, 7]).generate_state(1)[0] % 2**31)
+        pe_config = load_config(paradigm.synthesize, [
+            *paradigm.set, f"privacy.epsilon={paradigm.epsilon}", f"privacy.delta={config.delta}",
+            f"seed={seed}", "data.kind=arrays", f"data.path={data_path}", "evaluation.every_generation=false",
+        ])
+        run_dir = private_dir / f"{name}-run{r:03d}"
+        report = synthesize(pe_config, run_dir, source=paradigm.synthesize).report
+        accounted = report["privacy"]["epsilon"]
+        samples, syn_labels, _, _ = read_synthetic(run_dir / "synthetic.parquet")
+        parts.append(_digit_features(samples))
+        labels.append(syn_labels)
+        owners.append(np.full(len(syn_labels), r))
+    owner = np.concatenate(owners)
+    mask = (owner[None, :] == np.arange(config.runs)[:, None]).astype(np.float32)
+    return np.concatenate(parts), np.concatenate(labels), mask, accounted
 
 
 def _attack(scores: np.ndarray, membership: np.ndarray, delta: float, rng: np.random.Generator) -> dict[str, Any]:
@@ -214,6 +257,28 @@ def run_audit(config: AuditConfig, out_dir: Path, *, progress: bool = False) -> 
     out_dir.mkdir(parents=True)
     private_dir = out_dir / "private"
     private_dir.mkdir(mode=0o700)
+    started_ray = False
+    if any(p.kind == "pe" for p in config.paradigms):
+        import ray
+
+        if not ray.is_initialized():
+            if os.environ.get("RAY_ADDRESS"):
+                ray.init(logging_level="warning")
+            else:
+                ray.init(include_dashboard=False, logging_level="warning", log_to_driver=False)
+            started_ray = True
+    try:
+        return _run_paradigms(config, out_dir, private_dir, rng, x, y, weights, membership,
+                              canary_rows, canary_labels, heldout, wall0)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _run_paradigms(config, out_dir, private_dir, rng, x, y, weights, membership,
+                   canary_rows, canary_labels, heldout, wall0) -> dict[str, Any]:
     np.save(private_dir / "canary_rows.npy", canary_rows)  # indices into the private set: private
     np.save(out_dir / "membership.npy", membership)
 
@@ -222,7 +287,7 @@ def run_audit(config: AuditConfig, out_dir: Path, *, progress: bool = False) -> 
         name = paradigm.name or paradigm.kind
         t0 = time.perf_counter()
         result = _run_paradigm(index, paradigm, config, x, y, weights, canary_rows, canary_labels,
-                               _digit_features(heldout.samples), heldout.labels)
+                               _digit_features(heldout.samples), heldout.labels, private_dir)
         attack = _attack(result["scores"], membership, config.delta, rng)
         paradigms[name] = {
             "kind": paradigm.kind,
