@@ -49,7 +49,9 @@ def test_audit_finds_leakage_of_plain_training_not_of_dpsgd(tmp_path, capsys):
     assert membership.shape == (16, 40) and (membership.sum(0) == 8).all()
     scores = pq.read_table(out / "scores.parquet")
     assert scores.num_rows == 2 * 16 * 40
-    assert (out / "roc.png").stat().st_size > 1000
+    assert (out / "roc.png").stat().st_size > 1000 and (out / "tradeoff.png").stat().st_size > 1000
+    low, high = none["tpr_at_1pct_fpr_ci"]
+    assert low <= none["tpr_at_1pct_fpr"] <= high
     assert oct((out / "private").stat().st_mode & 0o777) == "0o700"
 
 

@@ -216,7 +216,7 @@ def _pe_synthetic_sets(index, paradigm, config, x, y, weights, x_test, y_test, p
 
 
 def _attack(scores: np.ndarray, membership: np.ndarray, delta: float, rng: np.random.Generator) -> dict[str, Any]:
-    from pipelines.audit import auc, epsilon_lower_bound, lira_online, roc, tpr_at_fpr
+    from pipelines.audit import auc, bootstrap_tpr_at_fpr, epsilon_lower_bound, lira_online, roc, tpr_at_fpr
 
     stat = lira_online(scores, membership, fixed_variance=True)
     flat_stat, flat_member = stat.ravel(), membership.ravel()
@@ -225,6 +225,8 @@ def _attack(scores: np.ndarray, membership: np.ndarray, delta: float, rng: np.ra
         tpr, negatives = tpr_at_fpr(flat_stat, flat_member, target)
         out[label] = float(tpr)
         out[f"{label}_negatives"] = int(negatives)
+        low, high = bootstrap_tpr_at_fpr(flat_stat, flat_member, target, rng, n_boot=200)
+        out[f"{label}_ci"] = [float(low), float(high)]
     bound = epsilon_lower_bound(flat_stat, flat_member, delta, rng)
     out["epsilon_lower"] = float(bound["epsilon_lower"])
     out["epsilon_lower_ci"] = [float(v) for v in bound["epsilon_lower_ci"]]
@@ -309,6 +311,7 @@ def _run_paradigms(config, out_dir, private_dir, rng, x, y, weights, membership,
     })
     pq.write_table(table, out_dir / "scores.parquet")
     _plot_roc(paradigms, out_dir / "roc.png")
+    _plot_tradeoff(paradigms, out_dir / "tradeoff.png")
     report = {
         "name": config.name,
         "runs": config.runs,
@@ -342,6 +345,25 @@ def _plot_roc(paradigms: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_tradeoff(paradigms: dict[str, Any], path: Path) -> None:
+    """Each paradigm on the plane of test accuracy against TPR at 0.1% FPR."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    for name, p in paradigms.items():
+        ax.scatter(p["tpr_at_0.1pct_fpr"], p["accuracy"], s=30)
+        ax.annotate(name, (p["tpr_at_0.1pct_fpr"], p["accuracy"]), fontsize=7, xytext=(4, 2),
+                    textcoords="offset points")
+    ax.set_xlabel("TPR at 0.1% FPR (privacy leakage)")
+    ax.set_ylabel("test accuracy (utility)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
