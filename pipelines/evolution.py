@@ -530,20 +530,10 @@ class Synthesis:
     def run(self) -> dict[str, Any]:
         import ray
 
+        from pipelines.ray_session import ensure_ray
+
         wall0 = time.perf_counter()
-        started_ray = False
-        if not ray.is_initialized():
-            if os.environ.get("RAY_ADDRESS"):
-                # An existing cluster (e.g. inside a Ray job): it owns its resources.
-                ray.init(logging_level="warning")
-            else:
-                ray.init(
-                    num_cpus=self.config.resources.num_cpus,
-                    include_dashboard=False,
-                    logging_level="warning",
-                    log_to_driver=False,
-                )
-            started_ray = True
+        started_ray = ensure_ray(self.config.resources.num_cpus)
         ray_start = time.perf_counter() - wall0
         progress = Progress(self.config.generations, self.progress_enabled)
         actors = None

@@ -34,3 +34,23 @@ def small_config(**overrides):
     }
     raw = apply_overrides(raw, [f"{k}={v}" for k, v in overrides.items()], "test")
     return parse_config(raw, "test")
+
+
+def digits_image_folder(root, per_class=12, classes=3, size=16):
+    """An image-folder private set of real digits (upscaled, RGB): one subfolder per class.
+
+    Returns the class names (folder names) in label order.
+    """
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    names = [f"digit{label}" for label in range(classes)]
+    for label, name in enumerate(names):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i, row in enumerate(np.flatnonzero(digits.target == label)[:per_class]):
+            img = (digits.images[row] / 16 * 255).astype(np.uint8)
+            Image.fromarray(img).resize((size, size)).convert("RGB").save(folder / f"{i:03d}.png")
+    return names

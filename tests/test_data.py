@@ -4,25 +4,10 @@ import csv
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from conftest import digits_image_folder
 from pipelines.config import ConfigError, parse_config
 from pipelines.data import dataset_info, load_heldout, load_private, read_synthetic, synthetic_table, write_parquet_atomic
-
-
-def digits_folder(root, per_class=12, classes=3, size=16):
-    """An image folder made of real digits (upscaled, RGB), one subfolder per class."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    names = ["zero", "one", "two", "three"][:classes]
-    for label, name in enumerate(names):
-        folder = root / name
-        folder.mkdir(parents=True)
-        for i, row in enumerate(np.flatnonzero(digits.target == label)[:per_class]):
-            img = (digits.images[row] / 16 * 255).astype(np.uint8)
-            Image.fromarray(img).resize((size, size)).convert("RGB").save(folder / f"{i:03d}.png")
-    return names
 
 
 def data_config(**fields):
@@ -42,7 +27,7 @@ def test_digits_split_is_fixed_and_disjoint():
 
 
 def test_image_folder_split_and_info(tmp_path):
-    names = digits_folder(tmp_path / "train")
+    names = digits_image_folder(tmp_path / "train")
     data = data_config(kind="image_folder", path=str(tmp_path / "train"), image_size=[8, 8], channels=3,
                        heldout_fraction=0.25)
     info = dataset_info(data)
@@ -59,8 +44,8 @@ def test_image_folder_split_and_info(tmp_path):
 
 
 def test_image_folder_with_heldout_path(tmp_path):
-    digits_folder(tmp_path / "train", per_class=6)
-    digits_folder(tmp_path / "test", per_class=2)
+    digits_image_folder(tmp_path / "train", per_class=6)
+    digits_image_folder(tmp_path / "test", per_class=2)
     data = data_config(kind="image_folder", path=str(tmp_path / "train"),
                        heldout_path=str(tmp_path / "test"), image_size=[8, 8])
     assert dataset_info(data).n_private == 18

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import small_config
+from conftest import digits_image_folder, small_config
 from pipelines.config import ConfigError
 from pipelines.evolution import synthesize
 from pipelines.privacy import PrivacyLedger
@@ -98,18 +98,8 @@ def test_text_config_refusals_before_any_data(tmp_path, tiny_lm):
 # --------------------------------------------------------------------------- images
 
 
-def digits_folder(root, per_class=16, classes=3, size=16):
-    """Real digits (upscaled to RGB), one subfolder per class: a small image-folder private set."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    for label in range(classes):
-        folder = root / f"digit{label}"
-        folder.mkdir(parents=True)
-        for i, row in enumerate(np.flatnonzero(digits.target == label)[:per_class]):
-            img = (digits.images[row] / 16 * 255).astype(np.uint8)
-            Image.fromarray(img).resize((size, size)).convert("RGB").save(folder / f"{i:03d}.png")
+def digits_folder(root, per_class=16):
+    digits_image_folder(root, per_class=per_class)
     return str(root)
 
 

@@ -259,16 +259,9 @@ def run_audit(config: AuditConfig, out_dir: Path, *, progress: bool = False) -> 
     out_dir.mkdir(parents=True)
     private_dir = out_dir / "private"
     private_dir.mkdir(mode=0o700)
-    started_ray = False
-    if any(p.kind == "pe" for p in config.paradigms):
-        import ray
+    from pipelines.ray_session import ensure_ray
 
-        if not ray.is_initialized():
-            if os.environ.get("RAY_ADDRESS"):
-                ray.init(logging_level="warning")
-            else:
-                ray.init(include_dashboard=False, logging_level="warning", log_to_driver=False)
-            started_ray = True
+    started_ray = any(p.kind == "pe" for p in config.paradigms) and ensure_ray()
     try:
         return _run_paradigms(config, out_dir, private_dir, rng, x, y, weights, membership,
                               canary_rows, canary_labels, heldout, wall0)
