@@ -16,6 +16,7 @@ import numpy as np
 
 from actors.embedders import make_embedder
 from actors.knn import exact_knn
+from actors.threads import limit_threads
 from pipelines.data import load_private
 from pipelines.histogram import vote_histogram
 
@@ -39,7 +40,7 @@ class VoterShard:
         device: str = "cpu",
         threads: int = 1,
     ) -> None:
-        _limit_threads(threads)
+        limit_threads(threads, torch=embedder != "pixels" or knn_backend == "torch")
         self.labels = tuple(int(v) for v in labels)
         self.sample_shape = tuple(int(s) for s in sample_shape)
         self.k = int(k)
@@ -128,22 +129,3 @@ class VoterShard:
         self._cpu = 0.0
         self._busy = 0.0
         return out
-
-
-def _limit_threads(threads: int) -> None:
-    """Keep a worker to its share of cores (Ray workers otherwise oversubscribe)."""
-    import os
-
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    try:
-        import faiss
-
-        faiss.omp_set_num_threads(threads)
-    except ImportError:
-        pass
-    try:
-        import torch
-
-        torch.set_num_threads(threads)
-    except ImportError:
-        pass

@@ -258,7 +258,7 @@ def _load_split(data: Any, which: str) -> Split:
         names = names_cfg or [f.name for f in _class_folders(Path(_get(data, "path")))]
         _, files, labels = _folder_index(source, names)
     elif kind == "text_table":
-        names = names_cfg or _private_names(data)
+        names = names_cfg or _private_labels(data)[1]
         table = _read_table(source, [_get(data, "text_column"), _get(data, "label_column")])
         _, labels = _text_labels(table.column(1).to_pylist(), names)
         files = np.asarray([str(t) for t in table.column(0).to_pylist()], dtype=object)
@@ -276,10 +276,6 @@ def _load_split(data: Any, which: str) -> Split:
     else:
         samples = files[index]
     return Split(samples, labels[index])
-
-
-def _private_names(data: Any) -> list[str]:
-    return _private_labels(data)[1]
 
 
 def load_private(data: Any, labels: tuple[int, ...] | None = None) -> Split:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from actors.generators.base import Generator, GeneratorContext, SampleBatch
+from actors.threads import limit_threads
 
 # The allow-list of generator kinds: kind -> (module, class). Each class takes
 # (options, context) where options is validated by the module's ``Options`` model.
@@ -61,13 +62,7 @@ class GeneratorWorker:
     def __init__(
         self, kind: str, options: dict[str, Any], context: GeneratorContext | None = None, threads: int = 1
     ) -> None:
-        import os
-
-        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-        if kind != "simulator":  # model generators run torch: keep it to this actor's share of cores
-            import torch
-
-            torch.set_num_threads(threads)
+        limit_threads(threads, torch=kind != "simulator")  # model generators run torch
         self._generator = make_generator(kind, options, context)
         self._cpu = 0.0
         self._busy = 0.0

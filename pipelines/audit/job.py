@@ -278,11 +278,12 @@ def _run_paradigms(config, out_dir, private_dir, rng, x, y, weights, membership,
     np.save(out_dir / "membership.npy", membership)
 
     paradigms, rows = {}, []
+    x_test = _digit_features(heldout.samples)
     for index, paradigm in enumerate(config.paradigms):
         name = paradigm.name or paradigm.kind
         t0 = time.perf_counter()
         result = _run_paradigm(index, paradigm, config, x, y, weights, canary_rows, canary_labels,
-                               _digit_features(heldout.samples), heldout.labels, private_dir)
+                               x_test, heldout.labels, private_dir)
         attack = _attack(result["scores"], membership, config.delta, rng)
         paradigms[name] = {
             "kind": paradigm.kind,
