@@ -17,7 +17,7 @@ pytest.importorskip("transformers")
 
 from actors.generators.base import GeneratorContext, SampleBatch
 from actors.generators.diffusion import DiffusionGenerator, Options, steps_for_degree
-from tests.tiny_diffusion import build_tiny_ddim, build_tiny_dit, build_tiny_sd
+from tiny_diffusion import build_tiny_ddim, build_tiny_dit, build_tiny_sd
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = {0: "cat", 1: "dog", 2: "ship"}
