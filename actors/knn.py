@@ -8,6 +8,13 @@ chunked over queries and over the database, so peak memory is about
     4 bytes * (query_chunk * db_chunk + (query_chunk + db_chunk) * d + 2 * query_chunk * k)
 
 on top of the inputs, whatever the sizes.
+
+On a GPU (``device="cuda"``) the database of a class is copied to the device
+once and the same chunked search runs there: with FAISS's GPU brute-force
+search (``faiss.knn_gpu``) where this FAISS build has GPU support, otherwise with
+torch on the device. Distances are float32 products at torch's default matmul
+precision (full float32 unless the program turns TF32 on), so the neighbours are
+those of the CPU search up to near-ties.
 """
 
 from __future__ import annotations
@@ -66,10 +73,12 @@ def exact_knn(
     backend: str = "faiss",
     query_chunk: int = 8192,
     db_chunk: int = 65536,
+    device: str = "cpu",
 ) -> np.ndarray:
     """Indices (n_queries, k) of each query's k nearest database rows by L2 distance.
 
     Rows of the result are sorted nearest first and hold distinct indices.
+    ``device`` "cuda" (or "cuda:N") searches on that GPU (see the module doc).
     """
     if backend not in _BLOCKS:
         raise ValueError(f"knn backend must be one of {BACKENDS}, got {backend!r}")
@@ -82,6 +91,10 @@ def exact_knn(
         raise ValueError(f"k={k} exceeds the {n_db} database rows")
     if queries.ndim != 2 or database.ndim != 2 or queries.shape[1] != database.shape[1]:
         raise ValueError(f"shape mismatch: queries {queries.shape}, database {database.shape}")
+    if device != "cpu" and backend != "numpy":
+        if backend == "faiss" and _faiss_gpu_ready():
+            return _faiss_gpu_knn(queries, database, k, query_chunk, device)
+        return _torch_device_knn(queries, database, k, query_chunk, db_chunk, device)
     block = _BLOCKS[backend]
     out = np.empty((len(queries), k), dtype=np.int64)
     for q0 in range(0, len(queries), query_chunk):
@@ -99,4 +112,66 @@ def exact_knn(
                 best_d = np.take_along_axis(best_d, keep, axis=1)
                 best_i = np.take_along_axis(best_i, keep, axis=1)
         out[q0 : q0 + len(q)] = best_i
+    return out
+
+
+# --------------------------------------------------------------------------- GPU
+
+_GPU_RESOURCES: dict[int, object] = {}
+
+
+def _faiss_gpu_ready() -> bool:
+    """True where this FAISS build has GPU support and sees a GPU."""
+    try:
+        import faiss
+    except ImportError:
+        return False
+    return hasattr(faiss, "knn_gpu") and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def _device_index(device: str) -> int:
+    return int(device.split(":", 1)[1]) if ":" in device else 0
+
+
+def _faiss_gpu_knn(queries: np.ndarray, database: np.ndarray, k: int, query_chunk: int, device: str) -> np.ndarray:
+    """FAISS brute-force search on one GPU, query chunk by query chunk (FAISS tiles the database itself)."""
+    import faiss
+
+    gpu = _device_index(device)
+    if gpu not in _GPU_RESOURCES:  # one set of GPU resources (streams, scratch memory) per device and process
+        _GPU_RESOURCES[gpu] = faiss.StandardGpuResources()
+    res = _GPU_RESOURCES[gpu]
+    out = np.empty((len(queries), k), dtype=np.int64)
+    for q0 in range(0, len(queries), query_chunk):
+        _, idx = faiss.knn_gpu(res, queries[q0 : q0 + query_chunk], database, k, device=gpu)
+        out[q0 : q0 + len(idx)] = idx
+    return out
+
+
+def _torch_device_knn(
+    queries: np.ndarray, database: np.ndarray, k: int, query_chunk: int, db_chunk: int, device: str
+) -> np.ndarray:
+    """The chunked search with torch on ``device``; the running top-k stays on the device."""
+    import torch
+
+    dev = torch.device(device)
+    out = np.empty((len(queries), k), dtype=np.int64)
+    with torch.inference_mode():
+        base = torch.from_numpy(database).to(dev)
+        base_sq = (base * base).sum(1)
+        for q0 in range(0, len(queries), query_chunk):
+            q = torch.from_numpy(queries[q0 : q0 + query_chunk]).to(dev)
+            q_sq = (q * q).sum(1, keepdim=True)
+            best_d = best_i = None
+            for b0 in range(0, len(base), db_chunk):
+                b = base[b0 : b0 + db_chunk]
+                d2 = q_sq - 2.0 * (q @ b.T) + base_sq[b0 : b0 + db_chunk][None, :]
+                d, i = torch.topk(d2, min(k, len(b)), dim=1, largest=False, sorted=True)
+                i = i + b0
+                if best_d is not None:
+                    merged = torch.cat([best_d, d], 1)
+                    d, pick = torch.topk(merged, min(k, merged.shape[1]), dim=1, largest=False, sorted=True)
+                    i = torch.gather(torch.cat([best_i, i], 1), 1, pick)
+                best_d, best_i = d, i
+            out[q0 : q0 + len(q)] = best_i.cpu().numpy()
     return out

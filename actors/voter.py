@@ -47,6 +47,7 @@ class VoterShard:
         self.knn_backend = knn_backend
         self.query_chunk = query_chunk
         self.db_chunk = db_chunk
+        self.device = device
         self._embedder = make_embedder(embedder, max_value, embedder_options or {}, device)
         start = time.process_time()
         private = load_private(data, self.labels)
@@ -99,6 +100,7 @@ class VoterShard:
             backend=self.knn_backend,
             query_chunk=self.query_chunk,
             db_chunk=self.db_chunk,
+            device=self.device,
         )
         # k is capped by the class's synthetic count; weights stay 1/sqrt(k) for that k,
         # so each private sample still contributes L2 norm exactly 1.

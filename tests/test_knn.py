@@ -32,3 +32,26 @@ def test_rows_hold_distinct_indices_even_with_duplicates():
 def test_refuses_k_larger_than_database():
     with pytest.raises(ValueError, match="exceeds"):
         exact_knn(np.zeros((1, 2)), np.zeros((3, 2)), 4)
+
+
+@pytest.mark.parametrize("chunks", [(8192, 65536), (7, 11), (5, 2)])
+def test_device_search_matches_brute_force(chunks):
+    """The GPU code path (torch on a device, running top-k kept there), run here on the CPU device."""
+    from actors.knn import _torch_device_knn
+
+    rng = np.random.default_rng(5)
+    queries = rng.normal(size=(41, 12)).astype(np.float32)
+    database = rng.normal(size=(67, 12)).astype(np.float32)
+    for k in (1, 3, 6):
+        got = _torch_device_knn(queries, database, k, chunks[0], chunks[1], "cpu")
+        np.testing.assert_array_equal(got, brute_force(queries, database, k))
+
+
+def test_gpu_device_without_gpu_support_fails_clearly():
+    """Asking for a GPU search on a machine without CUDA must not silently fall back to the CPU."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    x = np.zeros((4, 3), dtype=np.float32)
+    with pytest.raises((RuntimeError, AssertionError)):
+        exact_knn(x, x, 2, backend="torch", device="cuda")
