@@ -282,8 +282,10 @@ def check_job_config(config_path: str | Path, job: JobKind, overrides: Sequence[
         config = load_audit_config(config_path, list(overrides))
         for paradigm in config.paradigms:
             if paradigm.kind == "pe":
-                # The job resolves this path in its working directory.
-                load_config(Path(working_dir) / paradigm.synthesize, [*paradigm.set, f"privacy.epsilon={paradigm.epsilon}"])
+                # The job resolves this path in its working directory, and replaces the data
+                # with each audit run's own private set (hence data.kind=digits here).
+                load_config(Path(working_dir) / paradigm.synthesize,
+                            [*paradigm.set, f"privacy.epsilon={paradigm.epsilon}", "data.kind=digits"])
         return config
     raise ConfigError("command line", "--job", f"expected one of {list(JOBS)}, got {job!r}")
 
@@ -302,7 +304,8 @@ def submit(
     follow: bool = False,
     timeout: float | None = None,
 ) -> str:
-    """Submit ``privevo JOB CONFIG`` to the Ray cluster at ``address``; return the job id.
+    """Submit ``privevo JOB CONFIG`` to the Ray cluster at ``address``; return the job id
+    (:func:`status` tells how it ended).
 
     The config path is taken relative to the runtime_env's ``working_dir`` (default:
     the current folder, uploaded without .venv, runs/, .git and benchmark results).

@@ -281,9 +281,9 @@ def ray_head(env: dict[str, str]):
     command = [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
                "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={tmp}", "--include-dashboard=true",
                *[f"--{name}={port}" for name, port in ports.items()]]
-    log = open(Path(tmp) / "head.log", "w")
-    proc = subprocess.Popen(command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    with open(Path(tmp) / "head.log", "w") as log:
+        proc = subprocess.Popen(command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     address = f"http://127.0.0.1:{ports['dashboard-port']}"
     try:
         deadline = time.monotonic() + 90
@@ -295,7 +295,9 @@ def ray_head(env: dict[str, str]):
                 break  # 401 with auth on: the server is up
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the test's Ray head did not start:\n" + (Path(tmp) / "head.log").read_text())
+                    raise RuntimeError(
+                        "the test's Ray head did not start:\n" + (Path(tmp) / "head.log").read_text()
+                    ) from None
                 time.sleep(0.5)
         yield address
     finally:
@@ -305,7 +307,6 @@ def ray_head(env: dict[str, str]):
         for pid in set(_session_pids(proc.pid)) | set(_pids_mentioning(tmp)):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-        log.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -315,7 +316,7 @@ def privevo(*args: str, env: dict[str, str] | None = None, unset: tuple[str, ...
     full = {k: v for k, v in os.environ.items() if k not in unset}
     full.update(env or {})
     return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env=full)
+                          text=True, timeout=timeout, env=full, check=False)
 
 
 LAUNCHER = f"{shlex.quote(sys.executable)} -m pipelines.cli"  # the job runs on this machine, in this venv
