@@ -136,7 +136,12 @@ def _submit(args: argparse.Namespace) -> int:
     if not wait:
         return 0
     client = jobs.job_client(args.address)
-    state = jobs.wait_for(job_id, args.address, follow=follow, client=client)
+    try:
+        state = jobs.wait_for(job_id, args.address, follow=follow, client=client)
+    except KeyboardInterrupt:
+        print(f"\nstopped waiting; job {job_id} goes on (privevo status / privevo logs; "
+              "`ray job stop` ends it)", file=sys.stderr)
+        return 130
     _, message = jobs.status(job_id, args.address, client=client)
     print(f"job {job_id}: {state}" + (f" ({message})" if message and state != "SUCCEEDED" else ""))
     if state != "SUCCEEDED":
