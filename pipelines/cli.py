@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 from pathlib import Path
 
+from pipelines import submit as jobs
 from pipelines.config import ConfigError, load_config
 
 INSECURE_NOISE_ENV = "PRIVEVO_INSECURE_NOISE_SEED"
@@ -23,12 +25,44 @@ def _parser() -> argparse.ArgumentParser:
     syn.add_argument("--out", help="run directory to create (default: runs/NAME-TIMESTAMP)")
     syn.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in RUN_DIR")
     syn.add_argument("--quiet", action="store_true", help="no progress bars")
+    syn.add_argument("--print-report", action="store_true",
+                     help="also print report.json to stdout between marker lines (for `privevo submit`)")
     aud = sub.add_parser("audit", help="membership-inference audit of training paradigms")
     aud.add_argument("config", help="audit config (YAML)")
     aud.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config field (repeatable)")
     aud.add_argument("--out", help="audit directory to create (default: runs/NAME-TIMESTAMP)")
+    aud.add_argument("--print-report", action="store_true",
+                     help="also print report.json to stdout between marker lines (for `privevo submit`)")
+    _add_cluster_commands(sub)
     return parser
+
+
+def _add_cluster_commands(sub) -> None:
+    address_help = "Ray job server, e.g. http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS, then $RAY_ADDRESS)"
+    sbm = sub.add_parser("submit", help="run a synthesize or audit job on a Ray cluster (Ray Jobs API)")
+    sbm.add_argument("config", help="run config (YAML), inside the uploaded working directory")
+    sbm.add_argument("--address", help=address_help)
+    sbm.add_argument("--job", choices=["synthesize", "audit"], default="synthesize", help="which job to run")
+    sbm.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config field (repeatable)")
+    sbm.add_argument("--out", help="run directory on the cluster (default: ~/privevo-runs/NAME-TIMESTAMP)")
+    sbm.add_argument("--runtime-env", metavar="YAML",
+                     help="Ray runtime_env for the job (default: the one in cluster/runtime_env.yaml)")
+    sbm.add_argument("--launcher", default="privevo",
+                     help="command that runs privevo on the cluster (default: privevo)")
+    sbm.add_argument("--no-local-check", action="store_true",
+                     help="skip the local config check (data or model paths that exist only on the cluster)")
+    sbm.add_argument("--wait", action="store_true", help="wait for the job to end; exit 1 unless it succeeded")
+    sbm.add_argument("--follow", action="store_true", help="stream the job's log until it ends (implies --wait)")
+    sbm.add_argument("--report-to", metavar="FILE", help="write the job's report.json here (implies --wait)")
+    sts = sub.add_parser("status", help="status of a submitted job (exit 1 if it failed or was stopped)")
+    sts.add_argument("job_id")
+    sts.add_argument("--address", help=address_help)
+    lgs = sub.add_parser("logs", help="log of a submitted job")
+    lgs.add_argument("job_id")
+    lgs.add_argument("--address", help=address_help)
+    lgs.add_argument("--follow", action="store_true", help="stream the log until the job ends")
 
 
 def _insecure_noise_seed() -> int | None:
@@ -60,7 +94,7 @@ def _synthesize(args: argparse.Namespace) -> int:
     if args.resume:
         run_dir = Path(args.resume)
     elif args.out:
-        run_dir = Path(args.out)
+        run_dir = Path(args.out).expanduser()
     else:
         run_dir = Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = synthesize(
@@ -68,6 +102,8 @@ def _synthesize(args: argparse.Namespace) -> int:
         insecure_noise_seed=_insecure_noise_seed(), progress=not args.quiet,
     )
     print("\n".join(summary_lines(result.report, result.run_dir)))
+    if args.print_report:
+        jobs.print_report(json.loads((result.run_dir / "report.json").read_text()))
     return 0
 
 
@@ -75,10 +111,56 @@ def _audit(args: argparse.Namespace) -> int:
     from pipelines.audit.job import load_audit_config, run_audit, summary_table
 
     config = load_audit_config(args.config, args.overrides)
-    out = Path(args.out) if args.out else Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(args.out).expanduser() if args.out else Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     report = run_audit(config, out)
     print(f"audit directory    {out}")
     print(summary_table(report))
+    if args.print_report:
+        jobs.print_report(json.loads((out / "report.json").read_text()))
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    import shlex
+
+    launcher = shlex.split(args.launcher)
+    if not launcher:
+        raise ConfigError("command line", "--launcher", "must name a command")
+    follow = args.follow
+    wait = args.wait or follow or bool(args.report_to)
+    job_id = jobs.submit(
+        args.config, args.address, job=args.job, overrides=args.overrides, out=args.out,
+        runtime_env=args.runtime_env, launcher=launcher, check_locally=not args.no_local_check,
+    )
+    print(f"submitted job      {job_id}", flush=True)
+    if not wait:
+        return 0
+    client = jobs.job_client(args.address)
+    try:
+        state = jobs.wait_for(job_id, args.address, follow=follow, client=client)
+    except KeyboardInterrupt:
+        print(f"\nstopped waiting; job {job_id} goes on (privevo status / privevo logs; "
+              "`ray job stop` ends it)", file=sys.stderr)
+        return 130
+    _, message = jobs.status(job_id, args.address, client=client)
+    print(f"job {job_id}: {state}" + (f" ({message})" if message and state != "SUCCEEDED" else ""))
+    if state != "SUCCEEDED":
+        print(f"its log: privevo logs {job_id}" + (f" --address {args.address}" if args.address else ""))
+        return 1
+    if args.report_to:
+        jobs.fetch_report(job_id, args.address, args.report_to, client=client)
+        print(f"report             {args.report_to}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    state, message = jobs.status(args.job_id, args.address)
+    print(f"job {args.job_id}: {state}" + (f" ({message})" if message else ""))
+    return 1 if state in ("FAILED", "STOPPED") else 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    jobs.logs(args.job_id, args.address, follow=args.follow)
     return 0
 
 
@@ -89,9 +171,14 @@ def main(argv: list[str] | None = None) -> int:
             return _synthesize(args)
         if args.command == "audit":
             return _audit(args)
+        if args.command in ("submit", "status", "logs"):
+            return {"submit": _submit, "status": _status, "logs": _logs}[args.command](args)
     except ConfigError as exc:
         print(f"privevo: error: {exc}", file=sys.stderr)
         return 2
+    except jobs.SubmitError as exc:
+        print(f"privevo: error: {exc}", file=sys.stderr)
+        return 1
     return 1
 
 
