@@ -22,7 +22,9 @@ the array bound of ``actors.voter.vote_peak_bytes`` (largest class, all held
 classes), and whether the merged histogram equals the 1-shard one bit for bit.
 
 It also states the projection for d = 2048 (Inception pool3) on GPUs, from the
-formulas in ``gpu_projection``: the times are a model, not a measurement.
+formulas in ``gpu_projection`` (constants calibrated on one H100), and, with
+``--gpu`` on a CUDA machine, measures that vote with torch (``gpu_vote_timing``;
+results in ``benchmarks/results/scale_gpu.json``, folded into ``scale.json``).
 The machine may be shared: expect noise of tens of percent.
 """
 
@@ -46,8 +48,11 @@ import numpy as np
 # H100 SXM dense peaks (NVIDIA data sheet): FP32 67 TFLOP/s, TF32 tensor 495 TFLOP/s (989 with sparsity).
 H100_FP32 = 67e12
 H100_TF32 = 495e12
-GEMM_EFFICIENCY = 0.5  # fraction of peak a (1280 x d) @ (d x 1000) block reaches; small GEMMs run below peak
-PER_CLASS_OVERHEAD_S = 1e-3  # kernel launches, top-k, host round trip per class and shard
+# Calibrated on one H100 (benchmarks/results/scale_gpu.json, `--gpu`): the TF32 run is bound by the
+# per-class fixed cost (about 0.3 ms: launches, top-k, bincount), which leaves about 0.11 s of the
+# 0.41 s fp32 generation to 5.2 TFLOP of GEMM, i.e. about 0.7 of the fp32 peak.
+GEMM_EFFICIENCY = 0.7
+PER_CLASS_OVERHEAD_S = 3e-4
 
 
 def write_vector_store(store: Path, classes: int, n_private: int, dim: int, seed: int, unit_rows: int = 65536) -> float:
@@ -167,6 +172,55 @@ def gpu_projection(n_private: int = 1280, n_synthetic: int = 1000, classes: int 
     return out
 
 
+def gpu_vote_timing(classes: int = 1000, n_private: int = 1280, n_synthetic: int = 1000, dim: int = 2048,
+                    k: int = 1, generations: int = 3, seed: int = 0) -> dict:
+    """Measure the per-class exact vote at ``dim`` on one CUDA GPU with torch (needs torch + CUDA).
+
+    All private vectors stay on the GPU (as a GPU voter shard holds them); each
+    generation, per class: one (n_c x d) @ (d x n_s) GEMM into squared distances,
+    top-k, bincount. Timed in fp32 and with TF32 matmuls, which the exact vote must
+    not use unless their neighbours agree: the fraction that agree is reported.
+    """
+    import torch
+
+    device = torch.device("cuda")
+    gen = torch.Generator(device=device).manual_seed(seed)
+    private = torch.randn(classes, n_private, dim, device=device, generator=gen)
+    private /= private.norm(dim=2, keepdim=True)
+    synthetic = torch.randn(classes, n_synthetic, dim, device=device, generator=gen)
+    synthetic /= synthetic.norm(dim=2, keepdim=True)
+    p_norm, s_norm = (private * private).sum(2), (synthetic * synthetic).sum(2)
+    out: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "classes": classes,
+                 "private_per_class": n_private, "synthetic_per_class": n_synthetic, "dim": dim, "k": k,
+                 "resident_gib": (private.numel() + synthetic.numel()) * 4 / 2**30}
+    neighbours = {}
+    for mode in ("fp32", "tf32"):
+        torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+        times = []
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        for _ in range(generations):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            idx = []
+            for c in range(classes):
+                d2 = torch.addmm(s_norm[c][None, :], private[c], synthetic[c].T, beta=1.0, alpha=-2.0)
+                d2 += p_norm[c][:, None]
+                nn = torch.topk(d2, k, dim=1, largest=False).indices
+                torch.bincount(nn.flatten(), minlength=n_synthetic)
+                idx.append(nn)
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        neighbours[mode] = torch.stack(idx)
+        pairs = classes * n_private * n_synthetic
+        out[mode] = {"generation_seconds": [round(t, 4) for t in times], "pairs_per_second": pairs / min(times),
+                     "gemm_tflops": 2 * pairs * dim / min(times) / 1e12,
+                     "peak_extra_mib": (torch.cuda.max_memory_allocated() - base) / 2**20}
+    torch.backends.cuda.matmul.allow_tf32 = False
+    out["tf32_neighbours_agree"] = float((neighbours["fp32"] == neighbours["tf32"]).float().mean())
+    return out
+
+
 def run(results_dir: Path, *, fraction: float = 1.0, classes: int = 1000, private_per_class: int = 1280,
         synthetic_per_class: int = 1000, dim: int = 64, k: int = 1, voters: tuple[int, ...] = (1, 2),
         sample_split: bool = True, generations: int = 2, query_chunk: int = 8192, db_chunk: int = 65536,
@@ -211,6 +265,9 @@ def run(results_dir: Path, *, fraction: float = 1.0, classes: int = 1000, privat
             ray.shutdown()
     result["gpu_projection_d2048"] = [gpu_projection(private_per_class, synthetic_per_class, 1000, 2048, k, s)
                                       for s in (1, 8)]
+    measured = ROOT / "benchmarks/results/scale_gpu.json"
+    if measured.exists():
+        result["gpu_measured_d2048"] = json.loads(measured.read_text())
     if write:
         results_dir.mkdir(parents=True, exist_ok=True)
         (results_dir / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -226,7 +283,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--generations", type=int, default=2)
     ap.add_argument("--no-sample-split", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results"), help="folder of scale.json")
+    ap.add_argument("--gpu", action="store_true", help="only time the d=2048 vote on a CUDA GPU (torch)")
     args = ap.parse_args(argv)
+    if args.gpu:
+        measured = gpu_vote_timing(classes=max(1, int(round(1000 * args.fraction))), k=args.k)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "scale_gpu.json").write_text(json.dumps(measured, indent=2) + "\n")
+        print(json.dumps(measured, indent=1))
+        return measured
     result = run(Path(args.out), fraction=args.fraction, dim=args.dim, k=args.k, voters=tuple(args.voters),
                  sample_split=not args.no_sample_split, generations=args.generations)
     print(json.dumps({key: result[key] for key in ("setting", "store_write_seconds", "gpu_projection_d2048")}, indent=1))
