@@ -28,12 +28,14 @@ shard's peak memory is bounded by :func:`vote_peak_bytes`, whatever the sizes:
                                                            float32, ids int64), merge order
          + 4 * (q + b)                                     row norms
 
-where n_c and n_s are the private and synthetic counts of the largest class
-voted at once, N_held = sum of n_c over the shard's classes, and block(q, b) is
-16 * q * b for the numpy backend (distances float32 + argpartition ids int64 +
-a float32 temporary), 16 * q * b for torch, and for FAISS a fixed
-4 * 4096 * 1024 bytes (its own BLAS tiling) + 4 * q * k... independent of the
-chunks. Model weights and the Python/Ray runtime come on top.
+where n_c and n_s are the private and synthetic counts of the class being voted
+(the driver sends one class per call), N_held = sum of n_c over the shard's
+classes, and block(q, b) is 16 * q * b for the numpy and torch backends
+(float32 distances, int64 partition ids, a float32 temporary) and at most
+4 * 4096 * 1024 bytes = 16 MiB for FAISS, whose ``knn`` tiles the distances
+itself (4096 queries x 1024 database rows) whatever q and b. Model weights, the
+embedder's activations and the Python/Ray runtime (about 80-150 MiB per worker)
+come on top. tests/test_scale_voting.py checks the bound with tracemalloc.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def vote_peak_bytes(
     """
     sample_bytes = 4 * d if sample_bytes is None else sample_bytes
     q, b, kk = min(query_chunk, max(n_c, 1)), min(db_chunk, n_s), min(k, n_s)
-    block = FAISS_TILE_BYTES + 4 * min(q, 4096) * min(b, 1024) if backend == "faiss" else 16 * q * b
+    block = FAISS_TILE_BYTES if backend == "faiss" else 16 * q * b
     return int(
         4 * d * n_held + 2 * n_s * sample_bytes + 4 * d * n_s + 8 * kk * n_c + 16 * n_s
         + block + 2 * q * kk * 12 + 16 * q * kk + 4 * (q + b)

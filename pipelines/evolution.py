@@ -491,7 +491,7 @@ class Synthesis:
                 else:
                     ref = ray.put(shard.samples)
                 for v in actors.voters_of[label]:
-                    # one call per (voter, class): a voter holds one class's synthetic samples at a time
+                    # one call per (voter, class): a call carries one class's synthetic samples
                     labels_, refs_ = per_voter.setdefault((v, label), ([], []))
                     labels_.append(label)
                     refs_.append(ref)
