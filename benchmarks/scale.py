@@ -226,9 +226,9 @@ def run(results_dir: Path, *, fraction: float = 1.0, classes: int = 1000, privat
         sample_split: bool = True, generations: int = 2, query_chunk: int = 8192, db_chunk: int = 65536,
         seed: int = 0, write: bool = True) -> dict:
     """Run the benchmark; write ``results_dir/scale.json`` (when ``write``) and return the results."""
-    from pipelines.ray_session import ensure_ray
-
     import ray
+
+    from pipelines.ray_session import ensure_ray
 
     classes = max(1, int(round(classes * fraction)))
     started = ensure_ray(max(voters))

@@ -307,7 +307,12 @@ class UnitEmbedder:
         self.embedder = make_embedder(embedder, max_value, embedder_options, device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from pipelines.data import RowSource, read_image_files, read_parquet_rows, read_rows
+        from pipelines.data import (
+            RowSource,
+            read_image_files,
+            read_parquet_rows,
+            read_rows,
+        )
 
         summaries = []
         for i, unit in enumerate(batch["unit"]):

@@ -12,14 +12,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import digits_image_folder, small_config
 from PIL import Image
 
 from actors.embedders import make_embedder
-from conftest import digits_image_folder, small_config
 from pipelines import data as data_module
 from pipelines.config import ConfigError, parse_config
 from pipelines.data import dataset_info, load_heldout, load_private
-from pipelines.embed_store import MANIFEST, UNITS, _complete, build_store, load_class, read_manifest, store_key
+from pipelines.embed_store import (
+    MANIFEST,
+    UNITS,
+    _complete,
+    build_store,
+    load_class,
+    read_manifest,
+    store_key,
+)
 
 CLASSES = 3
 
@@ -71,7 +79,7 @@ def shards_config(root, **extra):
 
 def test_parquet_shards_read_every_layout_in_order(tmp_path):
     images, labels = digits_shards(tmp_path / "train")
-    held_images, held_labels = digits_shards(tmp_path / "test", per_class=4, seed=1)
+    held_images, _ = digits_shards(tmp_path / "test", per_class=4, seed=1)
     data = shards_config(tmp_path / "train", heldout_path=str(tmp_path / "test"))
     info = dataset_info(data)
     assert info.sample_shape == (8, 8) and info.max_value == 255 and info.labels == (0, 1, 2)
