@@ -3,11 +3,16 @@
 The vote is a kNN with the synthetic samples of a class as the database and the
 private samples of that class as queries. Search is exact (no approximate index:
 an approximate one would make the vote depend on index build randomness) and is
-chunked over queries and over the database, so peak memory is about
+chunked over queries and over the database, so beyond the inputs and the
+(n_queries, k) int64 result, peak memory is one distance block plus the running
+top-k of one query chunk, whatever the sizes (q = query_chunk, b = db_chunk):
 
-    4 bytes * (query_chunk * db_chunk + (query_chunk + db_chunk) * d + 2 * query_chunk * k)
+    block(q, b) + 2 * q * k * (4 + 8) + 16 * q * k + 4 * (q + b)
 
-on top of the inputs, whatever the sizes.
+with block = 16 * q * b bytes for numpy and torch (float32 distances, int64
+partition ids, a temporary) and, for FAISS, its own fixed BLAS tiling (4096 x
+1024 float32 = 16 MiB) whatever q and b. :func:`actors.voter.vote_peak_bytes`
+adds what a voter shard holds around it.
 
 On a GPU (``device="cuda"``) the database of a class is copied to the device
 once and the same chunked search runs there: with FAISS's GPU brute-force
@@ -42,9 +47,14 @@ def _torch_block(queries: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndar
 
 
 def _numpy_block(queries: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    d2 = (queries * queries).sum(1)[:, None] - 2.0 * (queries @ base.T) + (base * base).sum(1)[None, :]
-    part = np.argpartition(d2, k - 1, axis=1)[:, :k]
+    # in place: one (q, b) float32 block; same rounding as |q|^2 - 2 q.b + |b|^2
+    d2 = queries @ base.T
+    d2 *= -2.0
+    d2 += (queries * queries).sum(1)[:, None]
+    d2 += (base * base).sum(1)[None, :]
+    part = np.argpartition(d2, k - 1, axis=1)[:, :k].copy()
     part_d = np.take_along_axis(d2, part, axis=1)
+    del d2
     order = np.argsort(part_d, axis=1, kind="stable")
     return np.take_along_axis(part_d, order, axis=1), np.take_along_axis(part, order, axis=1)
 

@@ -1,16 +1,48 @@
 """A voter shard: the private embeddings of some classes and their kNN vote.
 
-A shard reads the private samples of its classes once, embeds them, and keeps only
-the embeddings, in its own memory. Each generation it receives the synthetic
-samples of its classes, embeds them (averaging over lookahead variations), and
-returns one un-noised vote histogram per class. Those histograms go to the driver
-and nowhere else: the driver adds the noise before anything is logged or stored.
+A shard holds the private embeddings of its classes in its own memory: either it
+reads the private samples of its classes once and embeds them (small sets), or it
+loads their embeddings from the embedding store that a parallel pass wrote ahead
+(:mod:`pipelines.embed_store`; large sets), straight from disk, never through the
+object store. With ``part=(i, m)`` it holds only every m-th private sample of each
+of its classes (from the i-th on): m shards then split one class, each private
+sample votes in exactly one of them, and the driver sums their integer counts
+before the one noisy release, so the sensitivity is unchanged.
+
+Each generation it receives the synthetic samples of its classes, embeds them
+(averaging over lookahead variations), and returns one un-noised vote count
+vector per class. Those go to the driver and nowhere else: the driver adds the
+noise before anything is logged or stored.
+
+Memory. The vote is exact and chunked (:func:`actors.knn.exact_knn`), so a
+shard's peak memory is bounded by :func:`vote_peak_bytes`, whatever the sizes:
+
+    peak = 4 * d * N_held                                  private embeddings of its classes
+         + 2 * n_s * sample_bytes                          the class's synthetic samples, received + joined
+         + 4 * d * n_s                                     their embeddings
+         + 8 * k * n_c                                     each private sample's k neighbours
+         + 16 * n_s                                        counts (int64) and bincount
+         + block(q, b)                                     one distance block, q = min(query_chunk, n_c),
+                                                           b = min(db_chunk, n_s)
+         + 2 * q * k * (4 + 8) + 16 * q * k                running top-k: best and new (distances
+                                                           float32, ids int64), merge order
+         + 4 * (q + b)                                     row norms
+
+where n_c and n_s are the private and synthetic counts of the class being voted
+(the driver sends one class per call), N_held = sum of n_c over the shard's
+classes, and block(q, b) is 16 * q * b for the numpy and torch backends
+(float32 distances, int64 partition ids, a float32 temporary) and at most
+4 * 4096 * 1024 bytes = 16 MiB for FAISS, whose ``knn`` tiles the distances
+itself (4096 queries x 1024 database rows) whatever q and b. Model weights, the
+embedder's activations and the Python/Ray runtime (about 80-150 MiB per worker)
+come on top. tests/test_scale_voting.py checks the bound with tracemalloc.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -18,7 +50,28 @@ from actors.embedders import make_embedder
 from actors.knn import exact_knn
 from actors.threads import limit_threads
 from pipelines.data import load_private
-from pipelines.histogram import vote_histogram
+from pipelines.histogram import vote_counts, weighted_votes
+
+FAISS_TILE_BYTES = 4 * 4096 * 1024  # faiss.knn's own block: 4096 queries x 1024 database rows, float32
+
+
+def vote_peak_bytes(
+    n_held: int, n_c: int, n_s: int, d: int, k: int, query_chunk: int, db_chunk: int,
+    backend: str = "faiss", sample_bytes: int | None = None,
+) -> int:
+    """An upper bound of a voter shard's array memory while it votes one class (see the module doc).
+
+    ``n_held``: private samples the shard holds; ``n_c``/``n_s``: private and
+    synthetic samples of the class; ``sample_bytes``: bytes of one synthetic
+    sample as sent (default ``4 * d``, as for precomputed embeddings).
+    """
+    sample_bytes = 4 * d if sample_bytes is None else sample_bytes
+    q, b, kk = min(query_chunk, max(n_c, 1)), min(db_chunk, n_s), min(k, n_s)
+    block = FAISS_TILE_BYTES if backend == "faiss" else 16 * q * b
+    return int(
+        4 * d * n_held + 2 * n_s * sample_bytes + 4 * d * n_s + 8 * kk * n_c + 16 * n_s
+        + block + 2 * q * kk * 12 + 16 * q * kk + 4 * (q + b)
+    )
 
 
 class VoterShard:
@@ -39,6 +92,8 @@ class VoterShard:
         embedder_options: dict | None = None,
         device: str = "cpu",
         threads: int = 1,
+        store: str | None = None,
+        part: tuple[int, int] = (0, 1),
     ) -> None:
         limit_threads(threads, torch=embedder != "pixels" or knn_backend == "torch")
         self.labels = tuple(int(v) for v in labels)
@@ -48,11 +103,25 @@ class VoterShard:
         self.query_chunk = query_chunk
         self.db_chunk = db_chunk
         self.device = device
+        index, parts = int(part[0]), int(part[1])
+        if not 0 <= index < parts:
+            raise ValueError(f"part must be (i, m) with 0 <= i < m, got {part}")
         self._embedder = make_embedder(embedder, max_value, embedder_options or {}, device)
         start = time.process_time()
-        private = load_private(data, self.labels)
-        embedded = self._embedder.embed(private.samples)
-        self._private = {label: embedded[private.labels == label] for label in self.labels}
+        if store is not None:
+            from pipelines.embed_store import load_class
+
+            self._private = {label: load_class(Path(store), label, index, parts) for label in self.labels}
+        else:
+            private = load_private(data, self.labels)
+            mine = np.sort(np.concatenate(
+                [np.flatnonzero(private.labels == label)[index::parts] for label in self.labels]
+            )) if parts > 1 else np.arange(len(private.labels))
+            kept = private.labels[mine]
+            embedded = self._embedder.embed(private.samples[mine]) if len(mine) else None
+            self._private = {
+                label: embedded[kept == label] if embedded is not None else None for label in self.labels
+            }
         self._cpu = time.process_time() - start
         self._busy = 0.0
 
@@ -61,12 +130,22 @@ class VoterShard:
         return True
 
     def vote(self, batch_labels: Sequence[int], *batches: np.ndarray) -> dict[int, np.ndarray]:
-        """Un-noised vote histograms, one per class of ``batch_labels``.
+        """Un-noised vote histograms (weighted 1/sqrt(k)), one per class of ``batch_labels``.
+
+        For a shard that holds all private samples of its classes; shards that
+        split a class return :meth:`vote_counts` for the driver to sum first.
+        """
+        counts = self.vote_counts(batch_labels, *batches)
+        return {label: weighted_votes(c, min(self.k, len(c))) for label, c in counts.items()}
+
+    def vote_counts(self, batch_labels: Sequence[int], *batches: np.ndarray) -> dict[int, np.ndarray]:
+        """Un-noised integer vote counts (int64), one vector per class of ``batch_labels``.
 
         ``batches[i]`` holds synthetic samples of class ``batch_labels[i]``, shaped
         (n, *sample_shape) or, with lookahead, (n, L, *sample_shape); batches of one
-        class are concatenated in order, and the histogram of a class has one bin
-        per synthetic row in that order.
+        class are concatenated in order, and the counts of a class have one bin per
+        synthetic row in that order. Each vote of a private sample counts 1; the
+        driver weighs them 1/sqrt(min(k, n)).
         """
         wall0, cpu0 = time.perf_counter(), time.process_time()
         grouped: dict[int, list[np.ndarray]] = {}
@@ -75,16 +154,20 @@ class VoterShard:
             if label not in self._private:
                 raise ValueError(f"voter shard holds classes {self.labels}, not {label}")
             grouped.setdefault(label, []).append(np.asarray(batch))
-        histograms = {}
+        counts = {}
         for label, parts in grouped.items():
-            synthetic = np.concatenate(parts)
-            histograms[label] = self._vote_class(label, synthetic)
+            synthetic = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            del parts
+            counts[label] = self._vote_class(label, synthetic)
         self._busy += time.perf_counter() - wall0
         self._cpu += time.process_time() - cpu0
-        return histograms
+        return counts
 
     def _vote_class(self, label: int, synthetic: np.ndarray) -> np.ndarray:
         n = len(synthetic)
+        private = self._private[label]
+        if private is None or len(private) == 0:
+            return np.zeros(n, dtype=np.int64)  # this shard holds none of the class's samples
         sample_ndim = self._sample_ndim(synthetic)
         if sample_ndim is None:
             embedded = self._embedder.embed(synthetic)
@@ -94,7 +177,7 @@ class VoterShard:
             embedded = self._embedder.embed(flat).reshape(n, lookahead, -1).mean(axis=1)
         k = min(self.k, n)
         neighbours = exact_knn(
-            self._private[label],
+            private,
             embedded,
             k,
             backend=self.knn_backend,
@@ -104,7 +187,7 @@ class VoterShard:
         )
         # k is capped by the class's synthetic count; weights stay 1/sqrt(k) for that k,
         # so each private sample still contributes L2 norm exactly 1.
-        return vote_histogram(neighbours, n)
+        return vote_counts(neighbours, n)
 
     def _sample_ndim(self, synthetic: np.ndarray) -> int | None:
         """None for (n, *shape) input, 1 for lookahead input (n, L, *shape)."""
@@ -124,6 +207,16 @@ class VoterShard:
         self._busy += time.perf_counter() - wall0
         self._cpu += time.process_time() - cpu0
         return out
+
+    def held(self) -> dict[int, int]:
+        """Private samples held per class (metadata: the public class sizes, split among shards)."""
+        return {label: 0 if emb is None else len(emb) for label, emb in self._private.items()}
+
+    def peak_rss_bytes(self) -> int:
+        """This process's peak resident memory so far (for the scale benchmark)."""
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
     def stats(self) -> dict[str, float]:
         """CPU and busy seconds since the last call (metering)."""

@@ -49,8 +49,10 @@ class PrivacyConfig(_Strict):
 class DataConfig(_Strict):
     """The private set and its held-out real split (see pipelines/data.py)."""
 
-    kind: Literal["digits", "image_folder", "text_table", "arrays"] = "digits"
-    path: str | None = Field(None, description="image folder (one subfolder per class) or CSV/parquet table")
+    kind: Literal["digits", "image_folder", "text_table", "arrays", "parquet_shards"] = "digits"
+    path: str | None = Field(
+        None, description="image folder (one subfolder per class), CSV/parquet table, or directory of parquet shards"
+    )
     heldout_path: str | None = Field(None, description="held-out real data; default: a split of path")
     heldout_fraction: float = Field(0.2, gt=0, lt=1)
     split_seed: int = Field(0, ge=0, description="seed of the held-out split (fixed, not the run seed)")
@@ -58,6 +60,7 @@ class DataConfig(_Strict):
     channels: Literal[1, 3] = 3
     text_column: str = "text"
     label_column: str = "label"
+    image_column: str = Field("image", description="parquet_shards: encoded image bytes or raw pixels")
     class_names: list[str] | None = Field(None, description="the class set, in label order; default: all found")
     labels: list[int] | None = Field(
         None, description="the public label set; default: every label of the dataset"
@@ -67,8 +70,8 @@ class DataConfig(_Strict):
     def _kind_fields(self) -> "DataConfig":
         if self.kind != "digits" and not self.path:
             raise ValueError(f"path: required for data.kind {self.kind!r}")
-        if self.kind == "image_folder" and (self.image_size is None or len(self.image_size) != 2):
-            raise ValueError("image_size: must be [height, width] for data.kind 'image_folder'")
+        if self.kind in ("image_folder", "parquet_shards") and (self.image_size is None or len(self.image_size) != 2):
+            raise ValueError(f"image_size: must be [height, width] for data.kind {self.kind!r}")
         for name in ("path", "heldout_path"):
             value = getattr(self, name)
             if self.kind != "digits" and value is not None and not Path(value).exists():
@@ -101,8 +104,22 @@ class VoteConfig(_Strict):
     lookahead: int = Field(0, ge=0, description="embed a sample as the mean of this many variations of it")
     selection: Literal["sample", "rank"] = "sample"
     knn_backend: Literal["faiss", "torch", "numpy"] = "faiss"
-    query_chunk: int = Field(8192, ge=1)
-    db_chunk: int = Field(65536, ge=1)
+    query_chunk: int = Field(8192, ge=1, description="private rows per kNN block (bounds voter memory)")
+    db_chunk: int = Field(65536, ge=1, description="synthetic rows per kNN block (bounds voter memory)")
+    embedding_store: str = Field(
+        "auto",
+        description="'off': voters embed the private set themselves; 'on': embed it once, ahead, into the run's "
+        "private/ folder; 'auto': 'on' for large image sets; or a directory on shared storage (pipelines/embed_store.py)",
+    )
+
+    @field_validator("embedding_store", mode="before")
+    @classmethod
+    def _store(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # YAML reads a bare on/off as a boolean
+            return "on" if value else "off"
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must be 'auto', 'on', 'off' or a directory")
+        return value
 
 
 class GeneratorConfig(_Strict):
@@ -130,6 +147,14 @@ class ResourcesConfig(_Strict):
     generator_cpus: float = Field(0.5, gt=0)
     voter_cpus: float = Field(0.5, gt=0)
     voter_shards: int = Field(1, ge=1, description="voter actors; classes are split among them")
+    voter_split: Literal["classes", "samples"] = Field(
+        "classes",
+        description="'classes': each shard holds all private samples of some classes; 'samples': every shard holds "
+        "every voter_shards-th private sample of every class, and the driver sums their counts",
+    )
+    embed_actors: int | None = Field(
+        None, ge=1, description="actors of the embedding-store pass (default: voter_shards), each with voter_cpus/voter_gpus"
+    )
     generator_gpus: float = Field(0, ge=0, description="GPUs per generator actor (0: CPU)")
     voter_gpus: float = Field(0, ge=0, description="GPUs per voter actor (0: CPU)")
 

@@ -13,6 +13,16 @@ Kinds (``data.kind`` in a config):
 * ``image_folder``: one subfolder per class (its name is the class name), images
   inside; resized to ``image_size`` with ``channels`` 1 or 3, values 0..255;
 * ``text_table``: a CSV or parquet file with a text column and a label column;
+* ``parquet_shards``: a directory of ``*.parquet`` files (read in name order, rows
+  in file order), each with an integer label column (``label_column``, default
+  ``label``; values 0..C-1, C = ``len(class_names)`` or the largest label + 1) and
+  an image column (``image_column``, default ``image``) holding one of: encoded
+  image bytes (PNG/JPEG/... as ``binary``), a struct with a ``bytes`` field of
+  encoded bytes (the layout Hugging Face ``datasets`` writes), or a list of numbers
+  (raw pixels, values 0..255, flattened ``H x W`` or ``H x W x C`` channels-last at
+  ``image_size``/``channels``). Images are resized to ``image_size`` with
+  ``channels`` 1 or 3 like ``image_folder``. :func:`dataset_info` reads only the
+  label column and the file footers (column projection), never pixels;
 * ``arrays``: a ``.npz`` file with ``samples``, ``labels``, ``heldout_samples``,
   ``heldout_labels`` and ``max_value`` (how the audit hands each run its private set).
 
@@ -36,6 +46,14 @@ from PIL import Image
 DIGITS_HELDOUT = 597
 DIGITS_SPLIT_SEED = 0
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+class DataError(ValueError):
+    """A dataset that cannot be read as configured; ``field`` names the config field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -130,16 +148,138 @@ def _folder_index(root: Path, class_names: list[str] | None = None) -> tuple[lis
     return names, files, np.asarray(labels, dtype=np.int64)
 
 
-def _read_images(files: list[Path], size: tuple[int, int], channels: int) -> np.ndarray:
-    mode = "L" if channels == 1 else "RGB"
-    out = np.empty((len(files), size[0], size[1], *([] if channels == 1 else [channels])), dtype=np.float32)
+def _image_array(img: Image.Image, size: tuple[int, int], channels: int) -> np.ndarray:
+    """One PIL image as float32 (H, W) or (H, W, 3), converted and resized the one way every reader uses."""
+    img = img.convert("L" if channels == 1 else "RGB")
+    if img.size != (size[1], size[0]):
+        img = img.resize((size[1], size[0]), Image.Resampling.BICUBIC)
+    return np.asarray(img, dtype=np.float32)
+
+
+def _image_buffer(n: int, size: tuple[int, int], channels: int) -> np.ndarray:
+    return np.empty((n, size[0], size[1], *([] if channels == 1 else [channels])), dtype=np.float32)
+
+
+def read_image_files(files: list[Path], size: tuple[int, int], channels: int) -> np.ndarray:
+    """Images from files as float32 (n, H, W[, 3]) in 0..255. Private when the files are."""
+    out = _image_buffer(len(files), size, channels)
     for i, path in enumerate(files):
         with Image.open(path) as img:
-            img = img.convert(mode)
-            if img.size != (size[1], size[0]):
-                img = img.resize((size[1], size[0]), Image.Resampling.BICUBIC)
-            out[i] = np.asarray(img, dtype=np.float32)
+            out[i] = _image_array(img, size, channels)
     return out
+
+
+
+# ------------------------------------------------------------------ parquet shards
+
+
+def parquet_files(root: Path) -> list[Path]:
+    """The ``*.parquet`` files of a shard directory, in name order."""
+    if not root.is_dir():
+        raise DataError("data.path", f"{root}: not a directory (expected a directory of .parquet files)")
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() == ".parquet" and p.is_file())
+    if not files:
+        raise DataError("data.path", f"{root}: no .parquet files")
+    return files
+
+
+def _image_column_kind(field: pa.Field) -> str | None:
+    """``"encoded"``, ``"struct"`` (with encoded ``bytes``) or ``"pixels"``; None if unsupported."""
+    t = field.type
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return "encoded"
+    if pa.types.is_struct(t) and t.get_field_index("bytes") >= 0:
+        inner = t.field(t.get_field_index("bytes")).type
+        return "struct" if pa.types.is_binary(inner) or pa.types.is_large_binary(inner) else None
+    while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        t = t.value_type
+        if pa.types.is_integer(t) or pa.types.is_floating(t):
+            return "pixels"
+    return None
+
+
+def check_parquet_schema(data: Any) -> list[Path]:
+    """The shard files, after checking every file's footer names the configured columns.
+
+    Reads schemas only; errors name the config field (``data.path``,
+    ``data.label_column`` or ``data.image_column``) and the file.
+    """
+    files = parquet_files(Path(_get(data, "path")))
+    label_column, image_column = _get(data, "label_column", "label"), _get(data, "image_column", "image")
+    for path in files:
+        try:
+            schema = pq.read_schema(path)
+        except (OSError, pa.ArrowException) as exc:
+            raise DataError("data.path", f"{path}: not a readable parquet file ({exc})") from None
+        names = schema.names
+        if label_column not in names:
+            raise DataError("data.label_column", f"{path}: no column {label_column!r}; columns: {', '.join(names)}")
+        if not pa.types.is_integer(schema.field(label_column).type):
+            raise DataError("data.label_column", f"{path}: column {label_column!r} has type {schema.field(label_column).type}; expected integers")
+        if image_column not in names:
+            raise DataError("data.image_column", f"{path}: no column {image_column!r}; columns: {', '.join(names)}")
+        if _image_column_kind(schema.field(image_column)) is None:
+            raise DataError(
+                "data.image_column",
+                f"{path}: column {image_column!r} has type {schema.field(image_column).type}; expected encoded image "
+                "bytes, a struct with a 'bytes' field, or a list of pixel values",
+            )
+    return files
+
+
+def _parquet_labels(files: list[Path], label_column: str) -> tuple[np.ndarray, np.ndarray]:
+    """All labels (int64) and each row's file index; reads the label column only."""
+    labels, file_of = [], []
+    for i, path in enumerate(files):
+        column = pq.read_table(path, columns=[label_column]).column(0)
+        if column.null_count:
+            raise DataError("data.label_column", f"{path}: column {label_column!r} has missing values")
+        values = column.to_numpy().astype(np.int64)
+        labels.append(values)
+        file_of.append(np.full(len(values), i, dtype=np.int64))
+    return np.concatenate(labels), np.concatenate(file_of)
+
+
+def _parquet_index(data: Any) -> tuple[list[str], list[Path], np.ndarray, np.ndarray]:
+    """Class names, shard files, every row's label (-1 outside the class set) and file index."""
+    files = check_parquet_schema(data)
+    raw, file_of = _parquet_labels(files, _get(data, "label_column", "label"))
+    names = _get(data, "class_names")
+    if names is None:
+        top = int(raw.max()) if len(raw) else -1
+        names = [str(i) for i in range(top + 1)]
+    labels = np.where((raw >= 0) & (raw < len(names)), raw, -1)
+    return list(names), files, labels, file_of
+
+
+def decode_image_values(values: list[Any], kind: str, size: tuple[int, int], channels: int) -> np.ndarray:
+    """Images of one parquet image column (as Python values) as float32 (n, H, W[, 3])."""
+    out = _image_buffer(len(values), size, channels)
+    shape = out.shape[1:]
+    for i, value in enumerate(values):
+        if kind == "struct":
+            value = value["bytes"] if value is not None else None
+        if value is None:
+            raise DataError("data.image_column", f"row {i}: missing image")
+        if kind == "pixels":
+            pixels = np.asarray(value, dtype=np.float32)
+            if pixels.size == int(np.prod(shape)):
+                out[i] = pixels.reshape(shape)
+                continue
+            raise DataError("data.image_column", f"raw pixel row of {pixels.size} values does not fit image_size/channels {list(shape)}")
+        with Image.open(io.BytesIO(value)) as img:
+            out[i] = _image_array(img, size, channels)
+    return out
+
+
+def read_parquet_rows(data: Any, path: Path, rows: np.ndarray, row_group: int | None = None) -> np.ndarray:
+    """Decoded images of ``rows`` (offsets into ``path``, or into its ``row_group``). Private."""
+    column = _get(data, "image_column", "image")
+    handle = pq.ParquetFile(path)
+    kind = _image_column_kind(handle.schema_arrow.field(column))
+    table = handle.read(columns=[column]) if row_group is None else handle.read_row_group(row_group, columns=[column])
+    values = table.column(0).take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
+    return decode_image_values(values, kind, tuple(_get(data, "image_size")), int(_get(data, "channels", 3)))
 
 
 # ------------------------------------------------------------------------- text tables
@@ -210,7 +350,7 @@ def dataset_info(data: Any) -> DatasetInfo:
         )
     private_labels, names = _private_labels(data)
     counts = np.bincount(private_labels[private_labels >= 0], minlength=len(names))
-    if kind == "image_folder":
+    if kind in ("image_folder", "parquet_shards"):
         size = tuple(_get(data, "image_size"))
         channels = int(_get(data, "channels", 3))
         shape = (*size, channels) if channels == 3 else size
@@ -235,6 +375,8 @@ def _private_labels(data: Any) -> tuple[np.ndarray, list[str]]:
     elif kind == "text_table":
         table = _read_table(path, [_get(data, "label_column")])
         names, labels = _text_labels(table.column(0).to_pylist(), names_cfg)
+    elif kind == "parquet_shards":
+        names, _, labels, _ = _parquet_index(data)
     else:
         raise ValueError(f"unknown dataset kind {kind!r}")
     if _get(data, "heldout_path") is None:
@@ -242,40 +384,118 @@ def _private_labels(data: Any) -> tuple[np.ndarray, list[str]]:
     return labels, names
 
 
-def _load_split(data: Any, which: str) -> Split:
-    kind = _get(data, "kind", "digits")
-    if kind == "digits":
-        private, heldout = _digits_split()
-        return private if which == "private" else heldout
-    if kind == "arrays":
-        arrays = _arrays(data)
-        prefix = "" if which == "private" else "heldout_"
-        return Split(arrays[f"{prefix}samples"].astype(np.float32), arrays[f"{prefix}labels"].astype(np.int64))
+@dataclass(frozen=True)
+class RowSource:
+    """Where the rows of an image_folder or parquet_shards split live (file names and offsets, no pixels).
+
+    Row ``r`` of the source is ``files[r]`` (image_folder), row ``offsets[r]`` of
+    ``files[file_of[r]]`` (parquet_shards), or, for the small in-memory kinds
+    (digits, arrays, text_table; kind ``"split"``), row ``r`` of the private split
+    as :func:`load_private` returns it (``files`` then lists the source file, if any).
+    """
+
+    kind: str
+    files: list[Path]
+    file_of: np.ndarray | None = None
+    offsets: np.ndarray | None = None
+
+
+def split_rows(data: Any, which: str, labels: tuple[int, ...] | None = None) -> tuple[RowSource, np.ndarray, np.ndarray]:
+    """The source of a split of an image_folder/parquet_shards set, its rows (ascending) and their labels.
+
+    Reads file names and label columns only. ``labels`` restricts the rows to those classes.
+    """
+    kind = _get(data, "kind")
     heldout_path = _get(data, "heldout_path")
-    source = Path(_get(data, "path")) if (which == "private" or heldout_path is None) else Path(heldout_path)
+    source_path = Path(_get(data, "path") or ".") if (which == "private" or heldout_path is None) else Path(heldout_path)
     names_cfg = _get(data, "class_names")
     if kind == "image_folder":
         names = names_cfg or [f.name for f in _class_folders(Path(_get(data, "path")))]
-        _, files, labels = _folder_index(source, names)
-    elif kind == "text_table":
-        names = names_cfg or _private_labels(data)[1]
-        table = _read_table(source, [_get(data, "text_column"), _get(data, "label_column")])
-        _, labels = _text_labels(table.column(1).to_pylist(), names)
-        files = np.asarray([str(t) for t in table.column(0).to_pylist()], dtype=object)
+        _, files, all_labels = _folder_index(source_path, names)
+        source = RowSource(kind, files)
+    elif kind == "parquet_shards":
+        if names_cfg is None and source_path != Path(_get(data, "path")):
+            names_cfg = _parquet_index(data)[0]  # the class set is the private set's
+        _, files, all_labels, file_of = _parquet_index({**_as_dict(data), "path": str(source_path), "class_names": names_cfg})
+        starts = np.concatenate([[0], np.flatnonzero(np.diff(file_of)) + 1]) if len(file_of) else np.zeros(0, np.int64)
+        first = np.zeros(len(files), dtype=np.int64)
+        first[file_of[starts]] = starts
+        source = RowSource(kind, files, file_of, np.arange(len(file_of), dtype=np.int64) - first[file_of])
+    elif which == "private":
+        if kind == "digits":
+            all_labels, files = _digits_split()[0].labels, []
+        elif kind == "arrays":
+            with np.load(Path(_get(data, "path")), allow_pickle=False) as npz:
+                all_labels, files = npz["labels"].astype(np.int64), [Path(_get(data, "path"))]
+        else:
+            all_labels, files = _private_labels(data)[0], [Path(_get(data, "path"))]
+            all_labels = all_labels[all_labels >= 0]
+        keep = np.ones(len(all_labels), dtype=bool)
+        if labels is not None:
+            keep &= np.isin(all_labels, np.asarray(labels, dtype=np.int64))
+        rows = np.flatnonzero(keep)
+        return RowSource("split", files), rows, all_labels[rows]
     else:
-        raise ValueError(f"unknown dataset kind {kind!r}")
-    if heldout_path is None:
+        raise ValueError(f"data.kind {kind!r}: only the private split has rows")
+    keep = _split_mask(data, which, all_labels)
+    if labels is not None:
+        keep &= np.isin(all_labels, np.asarray(labels, dtype=np.int64))
+    rows = np.flatnonzero(keep)
+    return source, rows, all_labels[rows]
+
+
+def _as_dict(data: Any) -> dict[str, Any]:
+    return dict(data) if isinstance(data, dict) else data.model_dump()
+
+
+def _split_mask(data: Any, which: str, labels: np.ndarray) -> np.ndarray:
+    """Rows of ``labels`` that belong to split ``which`` and to the class set."""
+    if _get(data, "heldout_path") is None:
         held = _stratified_holdout(labels, _get(data, "heldout_fraction", 0.2), _get(data, "split_seed", 0))
         keep = held if which == "heldout" else ~held
     else:
         keep = np.ones(len(labels), dtype=bool)
-    keep &= labels >= 0  # rows whose label is outside the class set are ignored
-    index = np.flatnonzero(keep)
-    if kind == "image_folder":
-        samples = _read_images([files[i] for i in index], tuple(_get(data, "image_size")), int(_get(data, "channels", 3)))
-    else:
-        samples = files[index]
-    return Split(samples, labels[index])
+    return keep & (labels >= 0)  # rows whose label is outside the class set are ignored
+
+
+def read_rows(data: Any, source: RowSource, rows: np.ndarray) -> np.ndarray:
+    """Samples of ``rows`` of ``source``, in that order (images as float32 (n, H, W[, 3])). Private."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if source.kind == "split":
+        return _load_split(data, "private").samples[rows]
+    size, channels = tuple(_get(data, "image_size")), int(_get(data, "channels", 3))
+    if source.kind == "image_folder":
+        return read_image_files([source.files[i] for i in rows], size, channels)
+    out = _image_buffer(len(rows), size, channels)
+    for f in np.unique(source.file_of[rows]):
+        where = np.flatnonzero(source.file_of[rows] == f)
+        out[where] = read_parquet_rows(data, source.files[f], source.offsets[rows[where]])
+    return out
+
+
+def _load_split(data: Any, which: str, labels: tuple[int, ...] | None = None) -> Split:
+    kind = _get(data, "kind", "digits")
+    if kind == "digits":
+        private, heldout = _digits_split()
+        return (private if which == "private" else heldout).restrict(labels)
+    if kind == "arrays":
+        arrays = _arrays(data)
+        prefix = "" if which == "private" else "heldout_"
+        return Split(arrays[f"{prefix}samples"].astype(np.float32), arrays[f"{prefix}labels"].astype(np.int64)).restrict(labels)
+    if kind in ("image_folder", "parquet_shards"):
+        # only the rows of the asked classes are decoded
+        source, rows, row_labels = split_rows(data, which, labels)
+        return Split(read_rows(data, source, rows), row_labels)
+    heldout_path = _get(data, "heldout_path")
+    source_path = Path(_get(data, "path")) if (which == "private" or heldout_path is None) else Path(heldout_path)
+    if kind != "text_table":
+        raise ValueError(f"unknown dataset kind {kind!r}")
+    names = _get(data, "class_names") or _private_labels(data)[1]
+    table = _read_table(source_path, [_get(data, "text_column"), _get(data, "label_column")])
+    _, all_labels = _text_labels(table.column(1).to_pylist(), names)
+    texts = np.asarray([str(t) for t in table.column(0).to_pylist()], dtype=object)
+    index = np.flatnonzero(_split_mask(data, which, all_labels))
+    return Split(texts[index], all_labels[index]).restrict(labels)
 
 
 def load_private(data: Any, labels: tuple[int, ...] | None = None) -> Split:
@@ -284,7 +504,7 @@ def load_private(data: Any, labels: tuple[int, ...] | None = None) -> Split:
     Private data: call only from a voter actor or from evaluation that the report
     marks as touching private data.
     """
-    return _load_split(data, "private").restrict(labels)
+    return _load_split(data, "private", labels)
 
 
 def load_heldout(data: Any) -> Split:

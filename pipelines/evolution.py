@@ -36,7 +36,7 @@ import numpy as np
 from actors.generators.base import SampleBatch
 from pipelines.config import ConfigError, RunConfig, dump_config, load_config
 from pipelines.data import DatasetInfo, dataset_info, load_heldout, read_synthetic, synthetic_table, write_parquet_atomic
-from pipelines.histogram import degree_schedule, select_parents, sensitivity, threshold_counts
+from pipelines.histogram import degree_schedule, select_parents, sensitivity, threshold_counts, weighted_votes
 from pipelines.metrics import downstream_accuracy, frechet_distance, private_reference_accuracy
 from pipelines.privacy import (
     NOISE_SOURCE_OS,
@@ -178,7 +178,13 @@ def check_config(config: RunConfig, source: str) -> tuple[PrivacyPlan, DatasetIn
     try:
         info = dataset_info(config.data)
     except (ValueError, OSError) as exc:
-        raise ConfigError(source, "data.path" if config.data.kind != "digits" else "data.kind", str(exc)) from None
+        field_name = getattr(exc, "field", None) or ("data.path" if config.data.kind != "digits" else "data.kind")
+        raise ConfigError(source, field_name, str(exc)) from None
+    from pipelines.embed_store import check_setting
+
+    problem = check_setting(config.vote.embedding_store)
+    if problem:
+        raise ConfigError(source, "vote.embedding_store", problem)
     check_modality(config, info, source)
     labels = tuple(config.data.labels) if config.data.labels is not None else info.labels
     if not labels:
@@ -316,10 +322,23 @@ def check_capacity(config: RunConfig, available: dict[str, float], voter_shards:
             )
 
 
-class _Actors:
-    """The run's Ray actors: long-lived generator workers and voter shards."""
+def n_voter_shards(config: RunConfig, labels: tuple[int, ...]) -> int:
+    """Voter actors: one per class at most when shards split classes, else ``resources.voter_shards``."""
+    res = config.resources
+    return res.voter_shards if res.voter_split == "samples" else min(res.voter_shards, len(labels))
 
-    def __init__(self, config: RunConfig, info: DatasetInfo, labels: tuple[int, ...]) -> None:
+
+class _Actors:
+    """The run's Ray actors: long-lived generator workers and voter shards.
+
+    ``voter_split: classes``: shard i holds all private samples of every
+    n-th class. ``samples``: every shard holds every class, shard i of m every m-th
+    private sample of it (from the i-th on); each private sample is in exactly one
+    shard, and ``Synthesis._vote`` sums the shards' counts per class.
+    """
+
+    def __init__(self, config: RunConfig, info: DatasetInfo, labels: tuple[int, ...],
+                 store: Path | None = None) -> None:
         import ray
 
         from actors.generators.worker import GeneratorWorker
@@ -337,18 +356,20 @@ class _Actors:
             for _ in range(config.generators)
         ]
         voter_cls = ray.remote(VoterShard).options(num_cpus=res.voter_cpus, num_gpus=res.voter_gpus, **restart)
-        n_shards = min(res.voter_shards, len(labels))
-        self.voter_labels = [labels[i::n_shards] for i in range(n_shards)]
+        n_shards = n_voter_shards(config, labels)
+        split = res.voter_split == "samples"
+        self.voter_labels = [labels if split else labels[i::n_shards] for i in range(n_shards)]
         self.voters = [
             voter_cls.remote(
                 config.data.model_dump(), shard_labels, config.embedder.kind, info.max_value, info.sample_shape,
                 config.vote.k, config.vote.knn_backend, config.vote.query_chunk, config.vote.db_chunk,
                 embedder_options=dict(config.embedder.options),
                 device="cuda" if res.voter_gpus > 0 else "cpu",
+                store=None if store is None else str(store), part=(i, n_shards) if split else (0, 1),
             )
-            for shard_labels in self.voter_labels
+            for i, shard_labels in enumerate(self.voter_labels)
         ]
-        self.voter_of = {label: i for i, shard in enumerate(self.voter_labels) for label in shard}
+        self.voters_of = {label: [i for i, shard in enumerate(self.voter_labels) if label in shard] for label in labels}
         self._next = 0
 
     def generator(self):
@@ -371,6 +392,20 @@ class _Actors:
     def shutdown(self) -> None:
         for actor in [*self.generators, *self.voters]:
             self.ray.kill(actor)
+
+
+def merge_vote_counts(results: list[dict[int, np.ndarray]], labels: tuple[int, ...], k: int) -> np.ndarray:
+    """The un-noised histogram (class-major) from the voter shards' integer counts. Private.
+
+    Shards that split a class hold disjoint parts of its private set: their counts
+    are summed exactly (integers), then weighted 1/sqrt(min(k, n)) once, so the
+    result equals the histogram of one shard holding the whole class, bit for bit.
+    """
+    merged: dict[int, np.ndarray] = {}
+    for result in results:
+        for label, counts in result.items():
+            merged[label] = merged[label] + counts if label in merged else counts
+    return np.concatenate([weighted_votes(merged[label], min(k, len(merged[label]))) for label in labels])
 
 
 def _shards(n: int, size: int) -> list[tuple[int, int]]:
@@ -410,6 +445,10 @@ class Synthesis:
         self.after_release = after_release
         self.heldout = load_heldout(config.data)
         self._heldout_embedding: np.ndarray | None = None
+        from pipelines.embed_store import store_path
+
+        n_private = sum(info.class_counts.get(label, 0) for label in labels)
+        self.embedding_store = store_path(config.vote.embedding_store, run_dir, config.data.kind, n_private)
 
     # ----------------------------------------------------------------- generation work
 
@@ -440,7 +479,7 @@ class Synthesis:
     def _vote(self, actors: _Actors, population: Population, generation: int, degree: float) -> np.ndarray:
         """The un-noised histogram over ``population`` rows (class-major). Private."""
         ray = actors.ray
-        per_voter: dict[int, tuple[list[int], list[Any]]] = {}
+        per_voter: dict[tuple[int, int], tuple[list[int], list[Any]]] = {}
         lookahead = self.config.vote.lookahead
         for label in self.labels:
             rows = population.class_rows(label)
@@ -451,16 +490,15 @@ class Synthesis:
                     ref = actors.generator().lookahead.remote(shard, degree, lookahead, seed)
                 else:
                     ref = ray.put(shard.samples)
-                labels_, refs_ = per_voter.setdefault(actors.voter_of[label], ([], []))
-                labels_.append(label)
-                refs_.append(ref)
+                for v in actors.voters_of[label]:
+                    # one call per (voter, class): a call carries one class's synthetic samples
+                    labels_, refs_ = per_voter.setdefault((v, label), ([], []))
+                    labels_.append(label)
+                    refs_.append(ref)
         results = ray.get([
-            actors.voters[v].vote.remote(labels_, *refs_) for v, (labels_, refs_) in per_voter.items()
+            actors.voters[v].vote_counts.remote(labels_, *refs_) for (v, _), (labels_, refs_) in per_voter.items()
         ])
-        merged: dict[int, np.ndarray] = {}
-        for result in results:
-            merged.update(result)
-        return np.concatenate([merged[label] for label in self.labels])
+        return merge_vote_counts(results, self.labels, self.config.vote.k)
 
     def _release(self, raw: np.ndarray, generation: int) -> np.ndarray:
         """Noise, ledger (fsynced), then hand back the noisy histogram."""
@@ -485,6 +523,17 @@ class Synthesis:
             positive[str(label)] = int(np.count_nonzero(counts[rows]))
         index = np.concatenate(chosen)
         return population.batch.take(index), population.ids[index], positive
+
+    def _build_store(self) -> None:
+        """Embed the private set once, ahead, into the embedding store (reused when it matches)."""
+        from pipelines.embed_store import build_store
+
+        res = self.config.resources
+        build_store(
+            self.embedding_store, self.config.data.model_dump(), self.config.embedder.kind,
+            dict(self.config.embedder.options), self.info.max_value,
+            concurrency=res.embed_actors or res.voter_shards, num_cpus=res.voter_cpus, num_gpus=res.voter_gpus,
+        )
 
     # ----------------------------------------------------------------- evaluation
 
@@ -541,10 +590,11 @@ class Synthesis:
             if not os.environ.get("RAY_ADDRESS"):
                 # A local instance cannot grow: a plan larger than it would wait forever.
                 # (An autoscaling cluster may add nodes, so there the actors are left to wait.)
-                check_capacity(
-                    self.config, ray.cluster_resources(), min(self.config.resources.voter_shards, len(self.labels))
-                )
-            actors = _Actors(self.config, self.info, self.labels)
+                check_capacity(self.config, ray.cluster_resources(), n_voter_shards(self.config, self.labels))
+            if self.embedding_store is not None:
+                progress.stage("embed private set")
+                self._build_store()
+            actors = _Actors(self.config, self.info, self.labels, self.embedding_store)
             report = self._run(actors, progress, wall0, ray_start)
         finally:
             progress.close()

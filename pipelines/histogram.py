@@ -42,6 +42,32 @@ def sensitivity(relation: str = "add_remove") -> float:
     raise ValueError(f"neighbour relation must be one of {NEIGHBOUR_RELATIONS}, got {relation!r}")
 
 
+def vote_counts(neighbours: np.ndarray, n_bins: int) -> np.ndarray:
+    """Integer votes per synthetic sample of one class (int64), before the 1/sqrt(k) weight.
+
+    ``neighbours`` is (n_private, k): for each private sample, the indices of its k
+    nearest synthetic samples of the same class (distinct indices). Counts of
+    disjoint parts of a class's private set add up exactly to the counts of the
+    whole, which is how voter shards that split one class combine. Private.
+    """
+    neighbours = np.asarray(neighbours)
+    if neighbours.ndim != 2:
+        raise ValueError(f"neighbours must be 2-D (n_private, k), got shape {neighbours.shape}")
+    n_private, k = neighbours.shape
+    if n_private == 0:
+        return np.zeros(n_bins, dtype=np.int64)
+    if k > n_bins:
+        raise ValueError(f"k={k} is larger than the number of synthetic samples ({n_bins})")
+    if neighbours.min() < 0 or neighbours.max() >= n_bins:
+        raise ValueError("neighbour index out of range")
+    return np.bincount(neighbours.ravel(), minlength=n_bins).astype(np.int64, copy=False)
+
+
+def weighted_votes(counts: np.ndarray, k: int) -> np.ndarray:
+    """The vote histogram from integer counts: each vote weighs 1/sqrt(k). Private."""
+    return np.asarray(counts).astype(np.float64) * vote_weight(k)
+
+
 def vote_histogram(neighbours: np.ndarray, n_bins: int) -> np.ndarray:
     """The un-noised vote histogram of one class.
 
@@ -51,17 +77,10 @@ def vote_histogram(neighbours: np.ndarray, n_bins: int) -> np.ndarray:
     through the Gaussian mechanism and never logged or stored.
     """
     neighbours = np.asarray(neighbours)
-    if neighbours.ndim != 2:
-        raise ValueError(f"neighbours must be 2-D (n_private, k), got shape {neighbours.shape}")
-    n_private, k = neighbours.shape
-    if n_private == 0:
-        return np.zeros(n_bins, dtype=np.float64)
-    if k > n_bins:
-        raise ValueError(f"k={k} is larger than the number of synthetic samples ({n_bins})")
-    if neighbours.min() < 0 or neighbours.max() >= n_bins:
-        raise ValueError("neighbour index out of range")
-    counts = np.bincount(neighbours.ravel(), minlength=n_bins).astype(np.float64)
-    return counts * vote_weight(k)
+    counts = vote_counts(neighbours, n_bins)
+    if neighbours.shape[0] == 0:
+        return counts.astype(np.float64)
+    return weighted_votes(counts, neighbours.shape[1])
 
 
 def threshold_counts(noisy: np.ndarray, threshold: float) -> np.ndarray:

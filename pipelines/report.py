@@ -109,7 +109,10 @@ def build_report(
             "ledger": "ledger.jsonl",
             "releases": "releases/",
             "plots": ["samples.png" if run.info.modality == "image" else "samples.md", "progress.png"],
-            "private_data_on_disk": None,
+            "private_data_on_disk": (
+                None if getattr(run, "embedding_store", None) is None
+                else f"{run.embedding_store} (private embedding store, owner-only)"
+            ),
         },
     }
 

@@ -1,0 +1,123 @@
+"""Voting at scale: shards that split one class, and memory bounded by the chunk sizes."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from actors.knn import exact_knn
+from actors.voter import VoterShard, vote_peak_bytes
+from pipelines.embed_store import write_store, write_unit
+from pipelines.evolution import merge_vote_counts
+from pipelines.histogram import vote_histogram
+
+
+def vector_store(path, sizes, dim, seed=0):
+    """A store of random unit vectors, class c with sizes[c] rows, units mixing classes."""
+    rng = np.random.default_rng(seed)
+    labels = np.concatenate([np.full(n, c) for c, n in enumerate(sizes)])
+    rng.shuffle(labels)
+    vectors = rng.normal(size=(len(labels), dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    (path / "units").mkdir(parents=True)
+    slices = {}
+    for unit, a in enumerate(range(0, len(labels), 37)):
+        rows = np.arange(a, min(a + 37, len(labels)))
+        slices[unit] = write_unit(path, unit, vectors[rows], rows, labels[rows])
+    write_store(path, {"test": True}, dim, slices)
+    return {c: vectors[labels == c] for c in range(len(sizes))}
+
+
+def voter(store, labels, dim, k, part=(0, 1), **kwargs):
+    """A store-backed shard whose 'samples' are vectors already (pixels / 1 is the identity)."""
+    return VoterShard({}, labels, "pixels", 1.0, (dim,), k, store=str(store), part=part, **kwargs)
+
+
+def test_shards_splitting_a_class_sum_to_the_single_voter_histogram(tmp_path):
+    dim, k, m = 8, 3, 3
+    sizes = [50, 2, 23]  # class 1 has fewer samples than shards: one shard holds none of it
+    private = vector_store(tmp_path, sizes, dim)
+    rng = np.random.default_rng(1)
+    synthetic = {c: rng.normal(size=(n, dim)).astype(np.float32) for c, n in enumerate([30, 12, 4])}
+    labels = (0, 1, 2)
+    batches = [synthetic[c] for c in labels]
+
+    single = voter(tmp_path, labels, dim, k).vote_counts(labels, *batches)
+    shards = [voter(tmp_path, labels, dim, k, part=(i, m)) for i in range(m)]
+    partial = [s.vote_counts(labels, *batches) for s in shards]
+
+    # each private sample is held by exactly one shard
+    for c in labels:
+        held = np.concatenate([s._private[c] for s in shards])
+        assert sorted(map(bytes, held)) == sorted(map(bytes, private[c]))
+        assert sum(s.held()[c] for s in shards) == sizes[c]
+    assert min(s.held()[1] for s in shards) == 0
+
+    summed = merge_vote_counts(partial, labels, k)
+    np.testing.assert_array_equal(summed, merge_vote_counts([single], labels, k))
+    expected = np.concatenate([
+        vote_histogram(exact_knn(private[c], synthetic[c], min(k, len(synthetic[c]))), len(synthetic[c]))
+        for c in labels
+    ])
+    np.testing.assert_array_equal(summed, expected)
+    # every private sample adds L2 norm exactly 1: the sensitivity is unchanged by the split
+    for c in labels:
+        kk = min(k, len(synthetic[c]))
+        assert sum(p[c].sum() for p in partial) == sizes[c] * kk
+    # the voter's own weighted histograms agree with the driver's merge
+    whole = voter(tmp_path, labels, dim, k).vote(labels, *batches)
+    np.testing.assert_array_equal(np.concatenate([whole[c] for c in labels]), expected)
+
+
+def test_in_actor_shards_split_classes_like_store_shards():
+    data = {"kind": "digits"}
+    labels = (3, 7)
+    rng = np.random.default_rng(2)
+    synthetic = [rng.uniform(0, 16, size=(20, 8, 8)).astype(np.float32) for _ in labels]
+    single = VoterShard(data, labels, "pixels", 16.0, (8, 8), 2).vote_counts(labels, *synthetic)
+    parts = [VoterShard(data, labels, "pixels", 16.0, (8, 8), 2, part=(i, 2)).vote_counts(labels, *synthetic)
+             for i in range(2)]
+    np.testing.assert_array_equal(merge_vote_counts(parts, labels, 2), merge_vote_counts([single], labels, 2))
+    assert all(np.any(p[c] != single[c]) for p in parts for c in labels)  # the parts differ from the whole
+
+
+def test_refuses_a_bad_part(tmp_path):
+    vector_store(tmp_path, [4], 4)
+    with pytest.raises(ValueError, match="part"):
+        voter(tmp_path, (0,), 4, 1, part=(2, 2))
+
+
+def traced(fn):
+    """``fn()``, the traced bytes it left allocated, and the peak it added on top of what was there."""
+    before = tracemalloc.get_traced_memory()[0]
+    tracemalloc.reset_peak()
+    result = fn()
+    current, peak = tracemalloc.get_traced_memory()
+    return result, current - before, peak - before
+
+
+def test_chunked_vote_stays_within_the_memory_formula_and_equals_the_unchunked_vote(tmp_path):
+    dim, k, n_c, n_s = 16, 4, 3000, 2000
+    q, b = 128, 256
+    vector_store(tmp_path, [n_c], dim)
+    synthetic = np.random.default_rng(3).normal(size=(n_s, dim)).astype(np.float32)
+    voter(tmp_path, (0,), dim, k).vote_counts((0,), synthetic[:10])  # imports and caches before tracing
+    tracemalloc.start()
+    try:
+        chunked, held, _ = traced(lambda: voter(tmp_path, (0,), dim, k, knn_backend="numpy", query_chunk=q, db_chunk=b))
+        unchunked = voter(tmp_path, (0,), dim, k, knn_backend="numpy", query_chunk=n_c, db_chunk=n_s)
+        got, _, peak = traced(lambda: chunked.vote_counts((0,), synthetic))
+        want, _, peak_unchunked = traced(lambda: unchunked.vote_counts((0,), synthetic))
+    finally:
+        tracemalloc.stop()
+    # what the formula counts as already there when a vote starts: the held private
+    # embeddings and the received synthetic batch
+    resident = 4 * dim * n_c + 4 * dim * n_s
+    assert 4 * dim * n_c <= held <= 4 * dim * n_c + 64 * 1024  # a shard keeps its class, plus small change
+    bound = vote_peak_bytes(n_c, n_c, n_s, dim, k, q, b, backend="numpy") - resident
+    assert peak <= bound, (peak, bound)
+    # the bound is not slack: the unchunked vote (one 3000 x 2000 block) breaks it
+    assert peak_unchunked > 10 * bound, (peak_unchunked, bound)
+    assert peak_unchunked <= vote_peak_bytes(n_c, n_c, n_s, dim, k, n_c, n_s, backend="numpy") - resident
+    np.testing.assert_array_equal(got[0], want[0])
+    assert got[0].sum() == n_c * k
