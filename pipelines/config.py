@@ -157,6 +157,12 @@ class ResourcesConfig(_Strict):
     )
     generator_gpus: float = Field(0, ge=0, description="GPUs per generator actor (0: CPU)")
     voter_gpus: float = Field(0, ge=0, description="GPUs per voter actor (0: CPU)")
+    placement: Literal["pack", "spread", "strict_pack", "strict_spread"] = Field(
+        "pack", description="how the placement group of all generator and voter actors lays them on nodes"
+    )
+    placement_timeout_s: float = Field(
+        120, gt=0, description="seconds to wait for the cluster to hold the whole placement group, then fail"
+    )
 
 
 class RunConfig(_Strict):

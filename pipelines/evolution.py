@@ -328,8 +328,54 @@ def n_voter_shards(config: RunConfig, labels: tuple[int, ...]) -> int:
     return res.voter_shards if res.voter_split == "samples" else min(res.voter_shards, len(labels))
 
 
+def placement_bundles(config: RunConfig, voter_shards: int) -> list[dict[str, float]]:
+    """One bundle per actor, generators first, then voter shards (zero-valued resources left out)."""
+    res = config.resources
+
+    def bundle(cpus: float, gpus: float) -> dict[str, float]:
+        return {k: float(v) for k, v in (("CPU", cpus), ("GPU", gpus)) if v > 0}
+
+    return ([bundle(res.generator_cpus, res.generator_gpus)] * config.generators
+            + [bundle(res.voter_cpus, res.voter_gpus)] * voter_shards)
+
+
+def placement_error(config: RunConfig, bundles: list[dict[str, float]], cluster: dict[str, float]) -> ConfigError:
+    """Why a placement group did not come up in time: what the plan needs vs what the cluster has."""
+    res = config.resources
+    need: dict[str, float] = {}
+    for b in bundles:
+        for kind, amount in b.items():
+            need[kind] = need.get(kind, 0.0) + amount
+    have = {kind: float(cluster.get(kind, 0.0)) for kind in need}
+    short = [kind for kind in need if need[kind] > have[kind] + 1e-9]
+    if short:
+        kind = short[0]
+        role = "generator" if (res.generator_gpus if kind == "GPU" else res.generator_cpus) > 0 else "voter"
+        field = f"resources.{role}_{kind.lower()}s"
+        advice = "lower the per-actor resources or the actor counts, or add nodes"
+    else:
+        field = "resources.placement"
+        advice = (f"the cluster's totals suffice, but not laid out as {res.placement!r} asks (or other jobs "
+                  "hold them); try another resources.placement or raise resources.placement_timeout_s")
+    needs = ", ".join(f"{v:g} {k}" for k, v in need.items())
+    haves = ", ".join(f"{v:g} {k}" for k, v in have.items())
+    return ConfigError(
+        "cluster", field,
+        f"the plan needs {needs} in {len(bundles)} bundles ({config.generators} generators, "
+        f"{len(bundles) - config.generators} voter shard(s); placement {res.placement!r}) but the Ray cluster has "
+        f"{haves}; its placement group was not ready within resources.placement_timeout_s = "
+        f"{res.placement_timeout_s:g} s; {advice}",
+    )
+
+
 class _Actors:
     """The run's Ray actors: long-lived generator workers and voter shards.
+
+    All of them are reserved at once through one placement group (one bundle per
+    actor), so a run either gets every actor it plans or fails fast, instead of
+    starting some actors and waiting forever for the rest. An actor that dies
+    (its process, or its node) is restarted in its bundle, which Ray re-places on
+    a live node; its tasks are retried with the same arguments, seeds included.
 
     ``voter_split: classes``: shard i holds all private samples of every
     n-th class. ``samples``: every shard holds every class, shard i of m every m-th
@@ -340,27 +386,58 @@ class _Actors:
     def __init__(self, config: RunConfig, info: DatasetInfo, labels: tuple[int, ...],
                  store: Path | None = None) -> None:
         import ray
+        from ray.util.placement_group import placement_group, remove_placement_group
+
+        self.ray = ray
+        self.generators: list[Any] = []
+        self.voters: list[Any] = []
+        res = config.resources
+        n_shards = n_voter_shards(config, labels)
+        bundles = placement_bundles(config, n_shards)
+        self.placement_group = placement_group(bundles, strategy=res.placement.upper())
+        if not self.placement_group.wait(timeout_seconds=res.placement_timeout_s):
+            error = placement_error(config, bundles, ray.cluster_resources())
+            remove_placement_group(self.placement_group)
+            self.placement_group = None
+            raise error
+
+        try:
+            self._start(config, info, labels, n_shards, store)
+        except BaseException:
+            self.shutdown()
+            raise
+        self.voters_of = {label: [i for i, shard in enumerate(self.voter_labels) if label in shard] for label in labels}
+        self._next = 0
+
+    def _start(self, config: RunConfig, info: DatasetInfo, labels: tuple[int, ...], n_shards: int,
+               store: Path | None) -> None:
+        """Start every actor in its own bundle of the (ready) placement group."""
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         from actors.generators.worker import GeneratorWorker
         from actors.voter import VoterShard
 
-        self.ray = ray
-        res = config.resources
+        ray, res = self.ray, config.resources
+
+        def in_bundle(index: int) -> dict[str, Any]:
+            return {"scheduling_strategy": PlacementGroupSchedulingStrategy(self.placement_group, index)}
+
         restart = {"max_restarts": 3, "max_task_retries": 3}
-        generator_cls = ray.remote(GeneratorWorker).options(
-            num_cpus=res.generator_cpus, num_gpus=res.generator_gpus, **restart
-        )
+        generator_cls = ray.remote(GeneratorWorker)
         context = generator_context(info, labels, "cuda" if res.generator_gpus > 0 else "cpu")
         self.generators = [
-            generator_cls.remote(config.generator.kind, dict(config.generator.options), context)
-            for _ in range(config.generators)
+            generator_cls.options(
+                num_cpus=res.generator_cpus, num_gpus=res.generator_gpus, **restart, **in_bundle(i)
+            ).remote(config.generator.kind, dict(config.generator.options), context)
+            for i in range(config.generators)
         ]
-        voter_cls = ray.remote(VoterShard).options(num_cpus=res.voter_cpus, num_gpus=res.voter_gpus, **restart)
-        n_shards = n_voter_shards(config, labels)
+        voter_cls = ray.remote(VoterShard)
         split = res.voter_split == "samples"
         self.voter_labels = [labels if split else labels[i::n_shards] for i in range(n_shards)]
         self.voters = [
-            voter_cls.remote(
+            voter_cls.options(
+                num_cpus=res.voter_cpus, num_gpus=res.voter_gpus, **restart, **in_bundle(config.generators + i)
+            ).remote(
                 config.data.model_dump(), shard_labels, config.embedder.kind, info.max_value, info.sample_shape,
                 config.vote.k, config.vote.knn_backend, config.vote.query_chunk, config.vote.db_chunk,
                 embedder_options=dict(config.embedder.options),
@@ -369,8 +446,6 @@ class _Actors:
             )
             for i, shard_labels in enumerate(self.voter_labels)
         ]
-        self.voters_of = {label: [i for i, shard in enumerate(self.voter_labels) if label in shard] for label in labels}
-        self._next = 0
 
     def generator(self):
         """Generator actors in turn (shards are spread round-robin)."""
@@ -392,6 +467,11 @@ class _Actors:
     def shutdown(self) -> None:
         for actor in [*self.generators, *self.voters]:
             self.ray.kill(actor)
+        if self.placement_group is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self.placement_group)
+            self.placement_group = None
 
 
 def merge_vote_counts(results: list[dict[int, np.ndarray]], labels: tuple[int, ...], k: int) -> np.ndarray:
@@ -426,6 +506,7 @@ class Synthesis:
         insecure_noise_seed: int | None = None,
         progress: bool = False,
         after_release: Callable[[int], None] | None = None,
+        on_actors: Callable[[_Actors], None] | None = None,
     ) -> None:
         self.config = config
         self.run_dir = run_dir
@@ -443,6 +524,7 @@ class Synthesis:
         self.checkpoint_dir = run_dir / "checkpoint"
         self.progress_enabled = progress
         self.after_release = after_release
+        self.on_actors = on_actors  # test hook (fault injection): sees the run's actors once started
         self.heldout = load_heldout(config.data)
         self._heldout_embedding: np.ndarray | None = None
         from pipelines.embed_store import store_path
@@ -595,6 +677,8 @@ class Synthesis:
                 progress.stage("embed private set")
                 self._build_store()
             actors = _Actors(self.config, self.info, self.labels, self.embedding_store)
+            if self.on_actors is not None:
+                self.on_actors(actors)
             report = self._run(actors, progress, wall0, ray_start)
         finally:
             progress.close()
@@ -726,6 +810,7 @@ def synthesize(
     insecure_noise_seed: int | None = None,
     progress: bool = False,
     after_release: Callable[[int], None] | None = None,
+    on_actors: Callable[[_Actors], None] | None = None,
 ) -> RunResult:
     """Run (or resume) PE with ``config`` in ``run_dir``; returns the report.
 
@@ -746,6 +831,7 @@ def synthesize(
         synthesis = Synthesis(
             config, run_dir, plan, info, labels,
             insecure_noise_seed=insecure_noise_seed, progress=progress, after_release=after_release,
+            on_actors=on_actors,
         )
         report = synthesis.run()
     except BaseException:

@@ -65,6 +65,7 @@ def test_killed_run_resumes_to_exactly_T_releases(demo_run, tmp_path):
     proc.wait()
     killed_at = len(PrivacyLedger(run_dir).generations())
     assert killed_at < reference["privacy"]["releases"]
+    drawn = {t: PrivacyLedger(run_dir).load_release(t) for t in PrivacyLedger(run_dir).generations()}
     assert not (run_dir / "report.json").exists()
 
     resumed = privevo("synthesize", str(DEMO), "--resume", str(run_dir), "--quiet")
@@ -72,6 +73,8 @@ def test_killed_run_resumes_to_exactly_T_releases(demo_run, tmp_path):
     assert resumed.returncode == 0, err[-3000:]
     ledger = PrivacyLedger(run_dir)
     assert ledger.generations() == list(range(1, reference["privacy"]["releases"] + 1))
+    for t, release in drawn.items():  # noise from OS entropy: a release drawn again would differ
+        assert (ledger.load_release(t) == release).all(), f"release {t} was drawn again"
     report = json.loads((run_dir / "report.json").read_text())
     assert report["privacy"]["epsilon"] == reference["privacy"]["epsilon"]
     assert report["privacy"]["releases"] == reference["privacy"]["releases"]
