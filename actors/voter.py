@@ -5,11 +5,13 @@ the embeddings, in its own memory. Each generation it receives the synthetic
 samples of its classes, embeds them (averaging over lookahead variations), and
 returns one un-noised vote histogram per class. Those histograms go to the driver
 and nowhere else: the driver adds the noise before anything is logged or stored.
+
+Its calls are metered by section (``setup``, ``embed``, ``vote``, ``evaluate``):
+wall, CPU and, on a GPU, NVML busy seconds; the driver collects them with ``stats``.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,6 +21,7 @@ from actors.knn import exact_knn
 from actors.threads import limit_threads
 from pipelines.data import load_private
 from pipelines.histogram import vote_histogram
+from pipelines.metering import ActorMeter
 
 
 class VoterShard:
@@ -47,13 +50,12 @@ class VoterShard:
         self.knn_backend = knn_backend
         self.query_chunk = query_chunk
         self.db_chunk = db_chunk
-        self._embedder = make_embedder(embedder, max_value, embedder_options or {}, device)
-        start = time.process_time()
-        private = load_private(data, self.labels)
-        embedded = self._embedder.embed(private.samples)
-        self._private = {label: embedded[private.labels == label] for label in self.labels}
-        self._cpu = time.process_time() - start
-        self._busy = 0.0
+        self._meter = ActorMeter(gpu=device.startswith("cuda"))
+        with self._meter.section("setup"):
+            self._embedder = make_embedder(embedder, max_value, embedder_options or {}, device)
+            private = load_private(data, self.labels)
+            embedded = self._embedder.embed(private.samples)
+            self._private = {label: embedded[private.labels == label] for label in self.labels}
 
     def ready(self) -> bool:
         """True once the private embeddings are loaded (for start-up barriers)."""
@@ -67,7 +69,6 @@ class VoterShard:
         class are concatenated in order, and the histogram of a class has one bin
         per synthetic row in that order.
         """
-        wall0, cpu0 = time.perf_counter(), time.process_time()
         grouped: dict[int, list[np.ndarray]] = {}
         for label, batch in zip(batch_labels, batches, strict=True):
             label = int(label)
@@ -78,31 +79,31 @@ class VoterShard:
         for label, parts in grouped.items():
             synthetic = np.concatenate(parts)
             histograms[label] = self._vote_class(label, synthetic)
-        self._busy += time.perf_counter() - wall0
-        self._cpu += time.process_time() - cpu0
         return histograms
 
     def _vote_class(self, label: int, synthetic: np.ndarray) -> np.ndarray:
         n = len(synthetic)
         sample_ndim = self._sample_ndim(synthetic)
-        if sample_ndim is None:
-            embedded = self._embedder.embed(synthetic)
-        else:
-            lookahead = synthetic.shape[1]
-            flat = synthetic.reshape(n * lookahead, *synthetic.shape[2:])
-            embedded = self._embedder.embed(flat).reshape(n, lookahead, -1).mean(axis=1)
-        k = min(self.k, n)
-        neighbours = exact_knn(
-            self._private[label],
-            embedded,
-            k,
-            backend=self.knn_backend,
-            query_chunk=self.query_chunk,
-            db_chunk=self.db_chunk,
-        )
-        # k is capped by the class's synthetic count; weights stay 1/sqrt(k) for that k,
-        # so each private sample still contributes L2 norm exactly 1.
-        return vote_histogram(neighbours, n)
+        with self._meter.section("embed", samples=n):
+            if sample_ndim is None:
+                embedded = self._embedder.embed(synthetic)
+            else:
+                lookahead = synthetic.shape[1]
+                flat = synthetic.reshape(n * lookahead, *synthetic.shape[2:])
+                embedded = self._embedder.embed(flat).reshape(n, lookahead, -1).mean(axis=1)
+        with self._meter.section("vote", samples=n):
+            k = min(self.k, n)
+            neighbours = exact_knn(
+                self._private[label],
+                embedded,
+                k,
+                backend=self.knn_backend,
+                query_chunk=self.query_chunk,
+                db_chunk=self.db_chunk,
+            )
+            # k is capped by the class's synthetic count; weights stay 1/sqrt(k) for that k,
+            # so each private sample still contributes L2 norm exactly 1.
+            return vote_histogram(neighbours, n)
 
     def _sample_ndim(self, synthetic: np.ndarray) -> int | None:
         """None for (n, *shape) input, 1 for lookahead input (n, L, *shape)."""
@@ -117,15 +118,9 @@ class VoterShard:
 
         Never called with private data: the private embeddings stay inside the shard.
         """
-        wall0, cpu0 = time.perf_counter(), time.process_time()
-        out = self._embedder.embed(np.asarray(samples))
-        self._busy += time.perf_counter() - wall0
-        self._cpu += time.process_time() - cpu0
-        return out
+        with self._meter.section("evaluate", samples=len(samples)):
+            return self._embedder.embed(np.asarray(samples))
 
-    def stats(self) -> dict[str, float]:
-        """CPU and busy seconds since the last call (metering)."""
-        out = {"cpu_seconds": self._cpu, "busy_seconds": self._busy}
-        self._cpu = 0.0
-        self._busy = 0.0
-        return out
+    def stats(self) -> dict:
+        """Metering since the last call: per-section totals, and total CPU and busy seconds."""
+        return self._meter.stats()
