@@ -37,7 +37,7 @@ from actors.generators.base import SampleBatch
 from pipelines.config import ConfigError, RunConfig, dump_config, load_config
 from pipelines.data import DatasetInfo, dataset_info, load_heldout, read_synthetic, synthetic_table, write_parquet_atomic
 from pipelines.histogram import degree_schedule, select_parents, sensitivity, threshold_counts
-from pipelines.metering import ActorUsage, GenerationMeter, role_totals
+from pipelines.metering import ActorUsage, GenerationMeter, MeteredRay, role_totals
 from pipelines.metrics import downstream_accuracy, frechet_distance, private_reference_accuracy
 from pipelines.privacy import (
     NOISE_SOURCE_OS,
@@ -540,8 +540,9 @@ class Synthesis:
         T = cfg.generations
         self.ledger.repair()
         loaded = self._load_checkpoint()
+        actors.ray = ray_meter = MeteredRay(actors.ray)  # Ray get/wait/put time per stage
         if loaded is None:
-            meter = GenerationMeter()
+            meter = ray_meter.meter = GenerationMeter()
             with meter.stage("generate", progress):
                 population = self._generate(actors, _RANDOM, 0, None, cfg.population.per_class, 1.0, None)
             with meter.stage("evaluate", progress):
@@ -568,7 +569,7 @@ class Synthesis:
         actors.wait_ready()
 
         for t in range(done + 1, T + 1):
-            meter = GenerationMeter()
+            meter = ray_meter.meter = GenerationMeter()
             degree = float(self.degrees[t - 1])
             if t in released:
                 noisy = self.ledger.load_release(t)

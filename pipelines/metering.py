@@ -23,24 +23,29 @@ Definitions (what the report's numbers mean)
 *Stage work* of a stage is the time the stage would take if dispatch, transfer
 and scheduling were free:
 
-* a stage with no actor work (release, select, checkpoint) is all driver work:
-  its work is its driver wall time (compute and the fsyncs it must do);
-* a stage with actor work runs in *layers*: generator calls, then voter calls
-  (a voter call waits for the generator outputs it is given). Within a layer the
-  actors run in parallel and each serves its calls one at a time, so the layer's
-  work is the busiest actor's busy seconds. The stage's work is the driver's own
-  CPU seconds in the stage (building requests, merging results, training the
-  evaluation classifier) plus the sum over layers, capped at the stage's wall
-  (driver work that overlapped actor work is counted once).
+* the driver's own work in a stage is the stage's driver wall time minus the
+  time the driver spent inside Ray's ``get``, ``wait`` and ``put`` (waiting for
+  actors, fetching and storing objects): building requests, merging results,
+  noise and ledger fsyncs, parquet writes, training the evaluation classifier.
+  A stage with no actor work (release, select, checkpoint) is all driver work;
+* actor work runs in *layers*: generator calls, then voter calls (a voter call
+  waits for the generator outputs it is given). Within a layer the actors run in
+  parallel and each serves its calls one at a time, so the layer's work is the
+  busiest actor's busy seconds;
+* a stage's work is its driver work plus the sum over its layers, capped at the
+  stage's wall (driver work that overlapped actor work is counted once).
 
 The *critical path* of a generation is the sum of its stages' work, and the
 *orchestration overhead* is the rest of the generation's wall time::
 
     overhead = generation wall - critical path
 
-It holds Ray task submission, (de)serialisation and object transfer, scheduling
-latency, uneven dispatch, and the driver's bookkeeping between stages (metering
-included). The critical path is split by kind of work for the report: a layer's
+It holds waiting on actors beyond the busiest actor's work (scheduling latency,
+object transfer and (de)serialisation, uneven dispatch), ``ray.put``, and the
+driver's bookkeeping between stages (metering included). Task submission
+(``.remote()``) happens in driver code and counts as driver work, which is why
+the benchmark ``overhead`` suite also compares with the same work done in one
+plain process. The critical path is split by kind of work for the report: a layer's
 work is split by the sections of its busiest actor (so the vote stage shows as
 ``lookahead``, ``embed`` and ``vote``), and the driver's work goes to its stage.
 
@@ -285,6 +290,11 @@ class StageTiming:
 
     wall_seconds: float = 0.0
     driver_cpu_seconds: float = 0.0
+    ray_seconds: float = 0.0  # inside ray.get / ray.wait / ray.put
+
+    @property
+    def driver_work_seconds(self) -> float:
+        return max(0.0, self.wall_seconds - self.ray_seconds)
 
 
 @dataclass
@@ -317,6 +327,7 @@ class GenerationMeter:
         self._clock, self._cpu_clock = clock, cpu_clock
         self.start = clock()
         self.stages: dict[str, StageTiming] = {}
+        self._current: StageTiming | None = None
 
     @contextmanager
     def stage(self, name: str, progress: Any = None) -> Iterator[None]:
@@ -325,13 +336,20 @@ class GenerationMeter:
             raise ValueError(f"unknown stage {name!r}; known: {', '.join(DRIVER_STAGES)}")
         if progress is not None:
             progress.stage(name)
+        timing = self.stages.setdefault(name, StageTiming())
+        self._current = timing
         wall0, cpu0 = self._clock(), self._cpu_clock()
         try:
             yield
         finally:
-            timing = self.stages.setdefault(name, StageTiming())
             timing.wall_seconds += self._clock() - wall0
             timing.driver_cpu_seconds += self._cpu_clock() - cpu0
+            self._current = None
+
+    def ray_call(self, seconds: float) -> None:
+        """Count ``seconds`` the driver spent in a Ray get/wait/put during the current stage."""
+        if self._current is not None:
+            self._current.ray_seconds += seconds
 
     def walls(self) -> dict[str, float]:
         """Driver wall seconds per stage so far (the report's ``timing``)."""
@@ -344,6 +362,39 @@ class GenerationMeter:
         """The generation's metering record (JSON-ready); ``wall_seconds`` defaults to now - start."""
         wall = self.elapsed() if wall_seconds is None else wall_seconds
         return meter_generation(self.stages, list(actors), samples, wall)
+
+
+class MeteredRay:
+    """The ``ray`` module, with ``get``, ``wait`` and ``put`` timed into the current generation's meter.
+
+    The driver's actor handles use it in place of ``ray``; every other attribute is
+    Ray's own.
+    """
+
+    def __init__(self, ray: Any, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._ray = ray
+        self._clock = clock
+        self.meter: GenerationMeter | None = None
+
+    def _timed(self, fn: Callable, *args, **kwargs):
+        start = self._clock()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if self.meter is not None:
+                self.meter.ray_call(self._clock() - start)
+
+    def get(self, *args, **kwargs):
+        return self._timed(self._ray.get, *args, **kwargs)
+
+    def wait(self, *args, **kwargs):
+        return self._timed(self._ray.wait, *args, **kwargs)
+
+    def put(self, *args, **kwargs):
+        return self._timed(self._ray.put, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ray, name)
 
 
 def meter_generation(stages: dict[str, StageTiming], actors: list[ActorUsage], samples: int,
@@ -373,10 +424,7 @@ def meter_generation(stages: dict[str, StageTiming], actors: list[ActorUsage], s
             for section, usage in longest.items():
                 kind_split[section] = kind_split.get(section, 0.0) + usage["wall_seconds"]
                 layers_work += usage["wall_seconds"]
-        if layers_work > 0.0:
-            driver_work = timing.driver_cpu_seconds
-        else:
-            driver_work = timing.wall_seconds  # the driver alone: all of its wall is the stage's work
+        driver_work = timing.driver_work_seconds
         work = driver_work + layers_work
         scale = min(1.0, timing.wall_seconds / work) if work > 0 else 0.0
         for section, seconds in kind_split.items():
@@ -385,7 +433,9 @@ def meter_generation(stages: dict[str, StageTiming], actors: list[ActorUsage], s
         out_stages[name] = {
             "wall_seconds": timing.wall_seconds,
             "critical_seconds": work * scale,
+            "driver_work_seconds": driver_work,
             "driver_cpu_seconds": timing.driver_cpu_seconds,
+            "driver_ray_seconds": timing.ray_seconds,
             "actor_busy_seconds": busy,
             "actor_cpu_seconds": cpu,
             "samples": stage_samples or samples,
@@ -404,7 +454,7 @@ def meter_generation(stages: dict[str, StageTiming], actors: list[ActorUsage], s
         entry["gpu_busy_seconds"] = min(entry["gpu_busy_seconds"], entry["gpu_allocated_seconds"])
         entry["gpu_idle_seconds"] = entry["gpu_allocated_seconds"] - entry["gpu_busy_seconds"]
     actor_cpu = sum(u["cpu_seconds"] for a in actors for u in a.sections.values())
-    driver_cpu = sum(t.driver_cpu_seconds for t in stages.values())
+    driver_cpu = sum(t.driver_cpu_seconds for t in stages.values())  # the driver's thread
     setup = {role: sum(u["wall_seconds"] for a in actors if a.role == role
                        for s, u in a.sections.items() if SECTION_STAGE.get(s) is None) for role in ROLES}
     gpu_hours = gpu_allocated / 3600.0
