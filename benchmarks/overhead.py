@@ -190,7 +190,7 @@ def _same_output(a: Path, b: Path) -> bool:
 
 def sizes(quick: bool) -> list[dict[str, Any]]:
     if quick:
-        return [{"name": "quick", "per_class": 20, "generations": 2, "scale": 0.2}]
+        return [{"name": "quick", "per_class": 20, "generations": 1, "scale": 0.2}]
     return [{"name": "demo", "per_class": 100, "generations": 5, "scale": 1},
             {"name": "10x_demo", "per_class": 1000, "generations": 5, "scale": 10}]
 
