@@ -256,7 +256,12 @@ class ActorMeter:
             raise ValueError(f"unknown section {name!r}; known: {', '.join(SECTION_STAGE)}")
         handle = _Section()
         handle.samples = samples
-        gpu_start = self._sampler.open() if self._sampler is not None else None
+        gpu_start = None
+        if self._sampler is not None:
+            try:
+                gpu_start = self._sampler.open()
+            except Exception as exc:  # an NVML hiccup must not fail the actor's work
+                self.gpu_error = f"{type(exc).__name__}: {exc}"
         wall0, cpu0 = self._clock(), self._cpu_clock()
         try:
             yield handle
@@ -264,7 +269,10 @@ class ActorMeter:
             usage = SectionUsage(calls=1, samples=int(handle.samples), wall_seconds=self._clock() - wall0,
                                  cpu_seconds=self._cpu_clock() - cpu0)
             if gpu_start is not None:
-                usage.gpu_busy_seconds = min(self._sampler.close(gpu_start), usage.wall_seconds)
+                try:
+                    usage.gpu_busy_seconds = min(self._sampler.close(gpu_start), usage.wall_seconds)
+                except Exception as exc:
+                    self.gpu_error = f"{type(exc).__name__}: {exc}"
             self._sections.setdefault(name, SectionUsage()).add(usage)
 
     def stats(self) -> dict[str, Any]:
