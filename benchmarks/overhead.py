@@ -29,7 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import demo_config, local_ray, machine, quiet_insecure_noise, write_result
+from benchmarks.common import (
+    demo_config,
+    local_ray,
+    machine,
+    quiet_insecure_noise,
+    write_result,
+)
 
 SUITE = "overhead"
 NOISE_SEED = 20240601

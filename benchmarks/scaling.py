@@ -19,7 +19,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import demo_config, local_ray, machine, quiet_insecure_noise, write_result
+from benchmarks.common import (
+    demo_config,
+    local_ray,
+    machine,
+    quiet_insecure_noise,
+    write_result,
+)
 
 SUITE = "scaling"
 

@@ -60,12 +60,13 @@ capped at the device's allocated seconds.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 # Driver stages in the order a generation runs them.
@@ -165,7 +166,7 @@ class UtilizationSampler:
 def integrate_utilization(samples: list[tuple[float, float]], t0: float, t1: float) -> float:
     """Busy seconds in [t0, t1] from readings (t_i, u_i), u_i in [0, 1] covering (t_{i-1}, t_i]."""
     busy = 0.0
-    for (prev, _), (t, u) in zip(samples, samples[1:]):
+    for (prev, _), (t, u) in itertools.pairwise(samples):
         lo, hi = max(prev, t0), min(t, t1)
         if hi > lo:
             busy += u * (hi - lo)
@@ -211,7 +212,7 @@ class SectionUsage:
     cpu_seconds: float = 0.0
     gpu_busy_seconds: float = 0.0
 
-    def add(self, other: "SectionUsage") -> None:
+    def add(self, other: SectionUsage) -> None:
         self.calls += other.calls
         self.samples += other.samples
         self.wall_seconds += other.wall_seconds

@@ -5,8 +5,8 @@ import sys
 import types
 
 import pytest
-
 from conftest import small_config
+
 from pipelines.metering import (
     DRIVER_STAGES,
     ActorMeter,
@@ -157,9 +157,8 @@ def test_critical_path_takes_the_busiest_actor_per_layer():
 def test_generation_meter_refuses_unknown_stages_and_times_known_ones():
     clock = FakeClock()
     meter = GenerationMeter(clock=clock, cpu_clock=clock)
-    with pytest.raises(ValueError, match="unknown stage"):
-        with meter.stage("bake"):
-            pass
+    with pytest.raises(ValueError, match="unknown stage"), meter.stage("bake"):
+        pass
     with meter.stage("select"):
         clock.now += 2.0
         meter.ray_call(0.5)
