@@ -36,11 +36,13 @@ classes, and block(q, b) is 16 * q * b for the numpy and torch backends
 itself (4096 queries x 1024 database rows) whatever q and b. Model weights, the
 embedder's activations and the Python/Ray runtime (about 80-150 MiB per worker)
 come on top. tests/test_scale_voting.py checks the bound with tracemalloc.
+
+Its calls are metered by section (``setup``, ``embed``, ``vote``, ``evaluate``):
+wall, CPU and, on a GPU, NVML busy seconds; the driver collects them with ``stats``.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,6 +53,7 @@ from actors.knn import exact_knn
 from actors.threads import limit_threads
 from pipelines.data import load_private
 from pipelines.histogram import vote_counts, weighted_votes
+from pipelines.metering import ActorMeter
 
 FAISS_TILE_BYTES = 4 * 4096 * 1024  # faiss.knn's own block: 4096 queries x 1024 database rows, float32
 
@@ -106,24 +109,23 @@ class VoterShard:
         index, parts = int(part[0]), int(part[1])
         if not 0 <= index < parts:
             raise ValueError(f"part must be (i, m) with 0 <= i < m, got {part}")
-        self._embedder = make_embedder(embedder, max_value, embedder_options or {}, device)
-        start = time.process_time()
-        if store is not None:
-            from pipelines.embed_store import load_class
+        self._meter = ActorMeter(gpu=device.startswith("cuda"))
+        with self._meter.section("setup"):
+            self._embedder = make_embedder(embedder, max_value, embedder_options or {}, device)
+            if store is not None:
+                from pipelines.embed_store import load_class
 
-            self._private = {label: load_class(Path(store), label, index, parts) for label in self.labels}
-        else:
-            private = load_private(data, self.labels)
-            mine = np.sort(np.concatenate(
-                [np.flatnonzero(private.labels == label)[index::parts] for label in self.labels]
-            )) if parts > 1 else np.arange(len(private.labels))
-            kept = private.labels[mine]
-            embedded = self._embedder.embed(private.samples[mine]) if len(mine) else None
-            self._private = {
-                label: embedded[kept == label] if embedded is not None else None for label in self.labels
-            }
-        self._cpu = time.process_time() - start
-        self._busy = 0.0
+                self._private = {label: load_class(Path(store), label, index, parts) for label in self.labels}
+            else:
+                private = load_private(data, self.labels)
+                mine = np.sort(np.concatenate(
+                    [np.flatnonzero(private.labels == label)[index::parts] for label in self.labels]
+                )) if parts > 1 else np.arange(len(private.labels))
+                kept = private.labels[mine]
+                embedded = self._embedder.embed(private.samples[mine]) if len(mine) else None
+                self._private = {
+                    label: embedded[kept == label] if embedded is not None else None for label in self.labels
+                }
 
     def ready(self) -> bool:
         """True once the private embeddings are loaded (for start-up barriers)."""
@@ -147,7 +149,6 @@ class VoterShard:
         synthetic row in that order. Each vote of a private sample counts 1; the
         driver weighs them 1/sqrt(min(k, n)).
         """
-        wall0, cpu0 = time.perf_counter(), time.process_time()
         grouped: dict[int, list[np.ndarray]] = {}
         for label, batch in zip(batch_labels, batches, strict=True):
             label = int(label)
@@ -159,8 +160,6 @@ class VoterShard:
             synthetic = parts[0] if len(parts) == 1 else np.concatenate(parts)
             del parts
             counts[label] = self._vote_class(label, synthetic)
-        self._busy += time.perf_counter() - wall0
-        self._cpu += time.process_time() - cpu0
         return counts
 
     def _vote_class(self, label: int, synthetic: np.ndarray) -> np.ndarray:
@@ -169,25 +168,27 @@ class VoterShard:
         if private is None or len(private) == 0:
             return np.zeros(n, dtype=np.int64)  # this shard holds none of the class's samples
         sample_ndim = self._sample_ndim(synthetic)
-        if sample_ndim is None:
-            embedded = self._embedder.embed(synthetic)
-        else:
-            lookahead = synthetic.shape[1]
-            flat = synthetic.reshape(n * lookahead, *synthetic.shape[2:])
-            embedded = self._embedder.embed(flat).reshape(n, lookahead, -1).mean(axis=1)
-        k = min(self.k, n)
-        neighbours = exact_knn(
-            private,
-            embedded,
-            k,
-            backend=self.knn_backend,
-            query_chunk=self.query_chunk,
-            db_chunk=self.db_chunk,
-            device=self.device,
-        )
-        # k is capped by the class's synthetic count; weights stay 1/sqrt(k) for that k,
-        # so each private sample still contributes L2 norm exactly 1.
-        return vote_counts(neighbours, n)
+        with self._meter.section("embed", samples=n):
+            if sample_ndim is None:
+                embedded = self._embedder.embed(synthetic)
+            else:
+                lookahead = synthetic.shape[1]
+                flat = synthetic.reshape(n * lookahead, *synthetic.shape[2:])
+                embedded = self._embedder.embed(flat).reshape(n, lookahead, -1).mean(axis=1)
+        with self._meter.section("vote", samples=n):
+            k = min(self.k, n)
+            neighbours = exact_knn(
+                private,
+                embedded,
+                k,
+                backend=self.knn_backend,
+                query_chunk=self.query_chunk,
+                db_chunk=self.db_chunk,
+                device=self.device,
+            )
+            # k is capped by the class's synthetic count; weights stay 1/sqrt(k) for that k,
+            # so each private sample still contributes L2 norm exactly 1.
+            return vote_counts(neighbours, n)
 
     def _sample_ndim(self, synthetic: np.ndarray) -> int | None:
         """None for (n, *shape) input, 1 for lookahead input (n, L, *shape)."""
@@ -202,11 +203,8 @@ class VoterShard:
 
         Never called with private data: the private embeddings stay inside the shard.
         """
-        wall0, cpu0 = time.perf_counter(), time.process_time()
-        out = self._embedder.embed(np.asarray(samples))
-        self._busy += time.perf_counter() - wall0
-        self._cpu += time.process_time() - cpu0
-        return out
+        with self._meter.section("evaluate", samples=len(samples)):
+            return self._embedder.embed(np.asarray(samples))
 
     def held(self) -> dict[int, int]:
         """Private samples held per class (metadata: the public class sizes, split among shards)."""
@@ -218,9 +216,6 @@ class VoterShard:
 
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
-    def stats(self) -> dict[str, float]:
-        """CPU and busy seconds since the last call (metering)."""
-        out = {"cpu_seconds": self._cpu, "busy_seconds": self._busy}
-        self._cpu = 0.0
-        self._busy = 0.0
-        return out
+    def stats(self) -> dict:
+        """Metering since the last call: per-section totals, and total CPU and busy seconds."""
+        return self._meter.stats()

@@ -27,7 +27,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from actors.generators.base import SampleBatch
 from pipelines.config import ConfigError, RunConfig, dump_config, load_config
 from pipelines.data import DatasetInfo, dataset_info, load_heldout, read_synthetic, synthetic_table, write_parquet_atomic
 from pipelines.histogram import degree_schedule, select_parents, sensitivity, threshold_counts, weighted_votes
+from pipelines.metering import ActorUsage, GenerationMeter, MeteredRay, role_totals
 from pipelines.metrics import downstream_accuracy, frechet_distance, private_reference_accuracy
 from pipelines.privacy import (
     NOISE_SOURCE_OS,
@@ -105,31 +106,6 @@ class Population:
 class RunResult:
     run_dir: Path
     report: dict[str, Any]
-
-
-@dataclass
-class _Meter:
-    """Wall seconds per stage of one generation."""
-
-    stages: dict[str, float] = field(default_factory=dict)
-
-    def add(self, stage: str, seconds: float) -> None:
-        self.stages[stage] = self.stages.get(stage, 0.0) + seconds
-
-
-class _Timer:
-    def __init__(self, meter: _Meter, stage: str, progress: "Progress | None") -> None:
-        self.meter, self.stage, self.progress = meter, stage, progress
-
-    def __enter__(self):
-        if self.progress is not None:
-            self.progress.stage(self.stage)
-        self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.meter.add(self.stage, time.perf_counter() - self.t0)
-        return False
 
 
 class Progress:
@@ -418,6 +394,7 @@ class _Actors:
         from actors.voter import VoterShard
 
         ray, res = self.ray, config.resources
+        self.config = config
 
         def in_bundle(index: int) -> dict[str, Any]:
             return {"scheduling_strategy": PlacementGroupSchedulingStrategy(self.placement_group, index)}
@@ -456,13 +433,17 @@ class _Actors:
     def wait_ready(self) -> None:
         self.ray.get([v.ready.remote() for v in self.voters])
 
-    def stats(self) -> dict[str, dict[str, float]]:
-        gen = self.ray.get([g.stats.remote() for g in self.generators])
-        vot = self.ray.get([v.stats.remote() for v in self.voters])
-        return {
-            "generators": {k: float(sum(s[k] for s in gen)) for k in ("cpu_seconds", "busy_seconds")},
-            "voters": {k: float(sum(s[k] for s in vot)) for k in ("cpu_seconds", "busy_seconds")},
-        }
+    def stats(self) -> list[ActorUsage]:
+        """Each actor's metering since the last call, with the CPUs and GPUs it holds."""
+        res = self.config.resources
+        roles = [("generators", g, res.generator_cpus, res.generator_gpus) for g in self.generators]
+        roles += [("voters", v, res.voter_cpus, res.voter_gpus) for v in self.voters]
+        stats = self.ray.get([actor.stats.remote() for _, actor, _, _ in roles])
+        return [
+            ActorUsage(role=role, sections=s["sections"], cpus=cpus, gpus=gpus, device=s.get("device"),
+                       gpu_busy_measured=s["gpu_busy_measured"])
+            for (role, _, cpus, gpus), s in zip(roles, stats)
+        ]
 
     def shutdown(self) -> None:
         for actor in [*self.generators, *self.voters]:
@@ -693,19 +674,22 @@ class Synthesis:
         T = cfg.generations
         self.ledger.repair()
         loaded = self._load_checkpoint()
+        actors.ray = ray_meter = MeteredRay(actors.ray)  # Ray get/wait/put time per stage
         if loaded is None:
-            meter = _Meter()
-            with _Timer(meter, "generate", progress):
+            meter = ray_meter.meter = GenerationMeter()
+            with meter.stage("generate", progress):
                 population = self._generate(actors, _RANDOM, 0, None, cfg.population.per_class, 1.0, None)
-            with _Timer(meter, "evaluate", progress):
+            with meter.stage("evaluate", progress):
                 metrics = self._evaluate(actors, population.batch.samples, population.batch.labels)
-            with _Timer(meter, "checkpoint", progress):
+            record = {"generation": 0, "samples": len(population), **metrics}
+            with meter.stage("checkpoint", progress):
+                record["timing"] = meter.walls()
                 state = {
                     "generation": 0, "population_size": len(population), "elapsed_seconds": 0.0,
-                    "generations": [{"generation": 0, "samples": len(population), "timing": meter.stages,
-                                     "actors": actors.stats(), **metrics}],
+                    "generations": [record],
                 }
                 self._save_checkpoint(population, state)
+            self._meter_generation(actors, meter, record)
         else:
             population, state = loaded
         elapsed_before = state["elapsed_seconds"]
@@ -719,24 +703,23 @@ class Synthesis:
         actors.wait_ready()
 
         for t in range(done + 1, T + 1):
-            meter = _Meter()
-            gen_t0 = time.perf_counter()
+            meter = ray_meter.meter = GenerationMeter()
             degree = float(self.degrees[t - 1])
             if t in released:
                 noisy = self.ledger.load_release(t)
             else:
-                with _Timer(meter, "vote", progress):
+                with meter.stage("vote", progress):
                     raw = self._vote(actors, population, t, degree)
-                with _Timer(meter, "release", progress):
+                with meter.stage("release", progress):
                     noisy = self._release(raw, t)
                     del raw
                 if self.after_release is not None:
                     self.after_release(t)
             final = t == T
             per_class = cfg.population.final_per_class if final else cfg.population.per_class
-            with _Timer(meter, "select", progress):
+            with meter.stage("select", progress):
                 parents, parent_ids, positive = self._select(population, noisy, t, per_class)
-            with _Timer(meter, "generate", progress):
+            with meter.stage("generate", progress):
                 if final and cfg.variation.final_degree == 0:
                     n = len(parents)
                     population = Population(
@@ -749,22 +732,29 @@ class Synthesis:
             record: dict[str, Any] = {"generation": t, "degree": degree, "samples": len(population),
                                       "positive_bins_per_class": positive}
             if cfg.evaluation.every_generation or final:
-                with _Timer(meter, "evaluate", progress):
+                with meter.stage("evaluate", progress):
                     record.update(self._evaluate(actors, population.batch.samples, population.batch.labels))
-            with _Timer(meter, "checkpoint", progress):
-                record["timing"] = dict(meter.stages)
-                record["wall_seconds"] = time.perf_counter() - gen_t0
-                record["actors"] = actors.stats()
+            with meter.stage("checkpoint", progress):
+                record["timing"] = meter.walls()
+                record["wall_seconds"] = meter.elapsed()
                 state = {**state, "generation": t, "population_size": len(population),
                          "elapsed_seconds": elapsed_before + time.perf_counter() - wall0,
                          "generations": [*state["generations"], record]}
                 self._save_checkpoint(population, state)
+            # Metering of generation t lands in the checkpoint of t + 1 (and in the report).
+            self._meter_generation(actors, meter, record)
             progress.advance(t)
 
         progress.stage("report")
         baselines = self._baselines(actors)
         wall = elapsed_before + time.perf_counter() - wall0
         return self._finish(population, state, baselines, wall, ray_start)
+
+    def _meter_generation(self, actors: _Actors, meter: GenerationMeter, record: dict[str, Any]) -> None:
+        """Collect the actors' metering of this generation into its record (see pipelines/metering.py)."""
+        usage = actors.stats()
+        record["actors"] = role_totals(usage)
+        record["metering"] = meter.finish(usage, record["samples"])
 
     def _baselines(self, actors: _Actors) -> dict[str, Any]:
         prior = self._generate(actors, _PRIOR_BASELINE, 0, None, self.config.population.final_per_class, 1.0, None)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipelines.data import write_parquet_atomic
+from pipelines.metering import plot_cost, run_cost
 from pipelines.privacy import calibration_eps_error, epsilon_closed_form
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ def build_report(
     sources = sorted({r.noise_source for r in records})
     final = state["generations"][-1]
     stage_totals = {s: float(sum(g["timing"].get(s, 0.0) for g in state["generations"])) for s in STAGES}
+    cost = run_cost(state["generations"])
     return {
         "privevo_version": _version("privevo"),
         "name": cfg.name,
@@ -99,16 +101,17 @@ def build_report(
             "ray_start_seconds": ray_start_seconds,
             "stage_seconds": stage_totals,
             "cpu_seconds": {
-                role: float(sum(g["actors"][role]["cpu_seconds"] for g in state["generations"]))
+                role: float(sum(g["actors"][role]["cpu_seconds"] for g in state["generations"] if "actors" in g))
                 for role in ("generators", "voters")
             },
-            "gpu_hours": 0.0,
+            "gpu_hours": cost["gpu_hours"],
         },
+        "cost": cost,
         "outputs": {
             "synthetic": "synthetic.parquet",
             "ledger": "ledger.jsonl",
             "releases": "releases/",
-            "plots": ["samples.png" if run.info.modality == "image" else "samples.md", "progress.png"],
+            "plots": ["samples.png" if run.info.modality == "image" else "samples.md", "progress.png", "cost.png"],
             "private_data_on_disk": (
                 None if getattr(run, "embedding_store", None) is None
                 else f"{run.embedding_store} (private embedding store, owner-only)"
@@ -126,6 +129,7 @@ def write_outputs(run: "Synthesis", population: "Population", report: dict[str, 
     else:
         write_text_samples(population, run.info.class_names, run.labels, out / "samples.md")
     plot_progress(report, out / "progress.png")
+    plot_cost(report["generations"], out / "cost.png")
     tmp = out / ".report.json.tmp"
     tmp.write_text(json.dumps(report, indent=2))
     tmp.replace(out / "report.json")
@@ -218,6 +222,13 @@ def summary_lines(report: dict[str, Any], run_dir: Path) -> list[str]:
         f"frechet distance   {e['frechet_distance']:.3f} (prior only {e['baselines']['generation0']['frechet_distance']:.3f})",
         f"wall time          {t['wall_seconds']:.1f} s (Ray start {t['ray_start_seconds']:.1f} s)",
     ]
+    cost = report.get("cost")
+    if cost and cost["wall_seconds"] > 0:
+        lines.append(
+            f"cost               {cost['cpu_hours']:.4f} CPU-hours, {cost['gpu_hours']:.4f} GPU-hours "
+            f"({cost['gpu_hours_per_1000_samples']:.4f} per 1,000 samples), "
+            f"orchestration overhead {100 * cost['overhead_fraction']:.1f}% of generation wall"
+        )
     if p["noise_source"] != "os-entropy":
         lines.append("WARNING            release noise was SEEDED: this run gives no privacy")
     return lines

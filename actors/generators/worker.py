@@ -2,18 +2,19 @@
 
 The PE driver runs this class as a Ray actor. It builds its generator from an
 allow-listed kind (configs never name arbitrary classes), keeps it across
-generations, and meters its own CPU and busy seconds.
+generations, and meters its calls (wall, CPU and, on a GPU, NVML busy seconds)
+by section: ``generate`` for ``random``/``variation``, ``lookahead`` for lookahead.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
 
 from actors.generators.base import Generator, GeneratorContext, SampleBatch
 from actors.threads import limit_threads
+from pipelines.metering import ActorMeter
 
 # The allow-list of generator kinds: kind -> (module, class). Each class takes
 # (options, context) where options is validated by the module's ``Options`` model.
@@ -63,23 +64,17 @@ class GeneratorWorker:
         self, kind: str, options: dict[str, Any], context: GeneratorContext | None = None, threads: int = 1
     ) -> None:
         limit_threads(threads, torch=kind != "simulator")  # model generators run torch
-        self._generator = make_generator(kind, options, context)
-        self._cpu = 0.0
-        self._busy = 0.0
-
-    def _metered(self, fn, *args):
-        wall0, cpu0 = time.perf_counter(), time.process_time()
-        try:
-            return fn(*args)
-        finally:
-            self._busy += time.perf_counter() - wall0
-            self._cpu += time.process_time() - cpu0
+        self._meter = ActorMeter(gpu=context is not None and context.device.startswith("cuda"))
+        with self._meter.section("setup"):
+            self._generator = make_generator(kind, options, context)
 
     def random(self, labels: np.ndarray, seed: int) -> SampleBatch:
-        return self._metered(self._generator.random, labels, seed)
+        with self._meter.section("generate", samples=len(labels)):
+            return self._generator.random(labels, seed)
 
     def variation(self, parents: SampleBatch, degree: float, seed: int) -> SampleBatch:
-        return self._metered(self._generator.variation, parents, degree, seed)
+        with self._meter.section("generate", samples=len(parents)):
+            return self._generator.variation(parents, degree, seed)
 
     def lookahead(self, parents: SampleBatch, degree: float, count: int, seed: int) -> np.ndarray:
         """Images of ``count`` variations of each parent, shaped (n, count, *image_shape).
@@ -87,17 +82,12 @@ class GeneratorWorker:
         Used only to embed each sample as the mean of its variations; not kept.
         """
 
-        def run() -> np.ndarray:
+        with self._meter.section("lookahead", samples=len(parents) * count):
             n = len(parents)
             repeated = parents.take(np.repeat(np.arange(n), count))
             images = self._generator.variation(repeated, degree, seed).samples
             return images.reshape(n, count, *images.shape[1:])
 
-        return self._metered(run)
-
-    def stats(self) -> dict[str, float]:
-        """CPU and busy seconds since the last call."""
-        out = {"cpu_seconds": self._cpu, "busy_seconds": self._busy}
-        self._cpu = 0.0
-        self._busy = 0.0
-        return out
+    def stats(self) -> dict[str, Any]:
+        """Metering since the last call: per-section totals, and total CPU and busy seconds."""
+        return self._meter.stats()
