@@ -88,7 +88,7 @@ class LocalActors:
     def __init__(self, config, info, labels) -> None:
         from actors.generators.worker import GeneratorWorker
         from actors.voter import VoterShard
-        from pipelines.evolution import generator_context
+        from pipelines.evolution import generator_context, n_voter_shards
 
         self.ray = _NoRay()
         self.config = config
@@ -97,16 +97,18 @@ class LocalActors:
         self._workers = [GeneratorWorker(config.generator.kind, dict(config.generator.options), context)
                          for _ in range(config.generators)]
         self.generators = [_Handle(w) for w in self._workers]
-        n_shards = min(res.voter_shards, len(labels))
-        self.voter_labels = [labels[i::n_shards] for i in range(n_shards)]
+        n_shards = n_voter_shards(config, labels)
+        split = res.voter_split == "samples"
+        self.voter_labels = [labels if split else labels[i::n_shards] for i in range(n_shards)]
         self._voters = [
             VoterShard(config.data.model_dump(), shard_labels, config.embedder.kind, info.max_value, info.sample_shape,
                        config.vote.k, config.vote.knn_backend, config.vote.query_chunk, config.vote.db_chunk,
-                       embedder_options=dict(config.embedder.options), device="cpu")
-            for shard_labels in self.voter_labels
+                       embedder_options=dict(config.embedder.options), device="cpu",
+                       part=(i, n_shards) if split else (0, 1))
+            for i, shard_labels in enumerate(self.voter_labels)
         ]
         self.voters = [_Handle(v) for v in self._voters]
-        self.voter_of = {label: i for i, shard in enumerate(self.voter_labels) for label in shard}
+        self.voters_of = {label: [i for i, shard in enumerate(self.voter_labels) if label in shard] for label in labels}
         self._next = 0
 
     def generator(self):
