@@ -5,7 +5,17 @@ in exactly half of the runs of a paradigm, LiRA on every run, and TPR at low FPR
 empirical epsilon lower bound with a Clopper-Pearson interval.
 """
 
-from .canaries import balanced_membership, choose_canaries, mislabel
+from .canaries import (
+    SecretStrings,
+    balanced_membership,
+    choose_canaries,
+    iid_membership,
+    mislabel,
+    ood_images,
+    paired_membership,
+    secret_strings,
+)
+from .levels import mechanism_statistic, synthetic_scores, vote_matrix
 from .lira import lira_offline, lira_online, logit_confidence
 from .mechanism import gaussian_epsilon, project_release, simulate_gaussian_audit
 from .metrics import (
@@ -21,6 +31,14 @@ from .metrics import (
 )
 
 __all__ = [
+    "SecretStrings",
+    "iid_membership",
+    "mechanism_statistic",
+    "ood_images",
+    "paired_membership",
+    "secret_strings",
+    "synthetic_scores",
+    "vote_matrix",
     "auc",
     "balanced_membership",
     "bootstrap_tpr_at_fpr",
