@@ -603,20 +603,35 @@ def run_audit(config: AuditConfig, out_dir: Path, *, source: str = "config", pro
         task = ray.remote(train_chunk).options(
             num_cpus=config.resources.cpus_per_task, num_gpus=config.resources.gpus_per_task, max_retries=2,
         )
-        pending, skipped = [], 0
+        pending, pe_queue, skipped = [], [], 0
         for index, paradigm in enumerate(config.paradigms):
             n_runs = paradigm_runs(config, paradigm)
             done = _existing_runs(out_dir / "runs" / paradigm.key)
             skipped += len(done & set(range(n_runs)))
             impl = registry[paradigm.kind] if paradigm.kind in EXTERNAL_KINDS else None
             for runs in plan_chunks(n_runs, done, config.resources.chunk_runs):
-                pending.append(task.remote(config_json, index, runs, str(out_dir), impl, options.get(paradigm.key)))
-        n_total = len(pending)
-        while pending:
+                args = (config_json, index, runs, str(out_dir), impl, options.get(paradigm.key))
+                if paradigm.kind == "pe":
+                    pe_queue.append(args)
+                else:
+                    pending.append(task.remote(*args))
+        # PE chunks create their own actors (and a task for PE's baselines): at most as many run at
+        # once as the cluster can hold, or two of them could each wait on resources the other holds.
+        max_pe = _pe_concurrency(config, ray.cluster_resources())
+        pe_refs: set = set()
+        n_total = len(pending) + len(pe_queue)
+        finished = 0
+        while pending or pe_queue:
+            while pe_queue and len(pe_refs) < max_pe:
+                ref = task.remote(*pe_queue.pop(0))
+                pe_refs.add(ref)
+                pending.append(ref)
             ready, pending = ray.wait(pending, num_returns=1)
+            pe_refs.discard(ready[0])
             path = ray.get(ready[0])
+            finished += 1
             if progress:
-                print(f"audit: chunk {n_total - len(pending)}/{n_total} done: {path}", file=sys.stderr)
+                print(f"audit: chunk {finished}/{n_total} done: {path}", file=sys.stderr)
     finally:
         if started_ray:
             ray.shutdown()
@@ -625,6 +640,27 @@ def run_audit(config: AuditConfig, out_dir: Path, *, source: str = "config", pro
                         "runs_reused": skipped}
     _write_json_atomic(out_dir / "report.json", report)
     return report
+
+
+def _pe_concurrency(config: AuditConfig, cluster: dict[str, float]) -> int:
+    """How many PE chunk tasks may run at once: the cluster's CPUs (and GPUs) over what one PE
+    run holds (its generator and voter actors, plus the task of its baselines)."""
+    from pipelines.config import load_config
+
+    limit = None
+    for p in config.paradigms:
+        if p.kind != "pe":
+            continue
+        pe = load_config(p.synthesize, _pe_overrides(p, config, seed=0, data_path=None))
+        res = pe.resources
+        shards = min(res.voter_shards, N_CLASSES)
+        need = {"CPU": pe.generators * res.generator_cpus + (shards + 1) * res.voter_cpus,
+                "GPU": pe.generators * res.generator_gpus + (shards + 1) * res.voter_gpus}
+        for kind, amount in need.items():
+            if amount > 0:
+                fit = int(float(cluster.get(kind, 0.0)) // amount)
+                limit = fit if limit is None else min(limit, fit)
+    return max(1, limit or 1)
 
 
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
