@@ -9,8 +9,8 @@ import pytest
 from pipelines.audit import (
     auc,
     epsilon_lower_bound,
-    is_violation,
     iid_membership,
+    is_violation,
     mechanism_statistic,
     ood_images,
     paired_membership,

@@ -170,3 +170,27 @@ def test_external_paradigm_options_are_checked_before_data(tmp_path, fake_regist
     path.write_text("runs: 4\nparadigms:\n  - {kind: none, options: {a: 1}}\n")
     with pytest.raises(ConfigError, match=r"paradigms\.0\.options: only the kinds"):
         load_audit_config(path)
+
+
+def test_canary_kinds_in_the_training_set():
+    from pipelines.audit import paired_membership
+    from pipelines.data import load_private
+
+    base = job.prepare_data(tiny())
+    dup = job.prepare_data(tiny(canaries={"count": 10, "kind": "duplicated", "repeat": 3}))
+    assert len(dup.y) == len(base.y) + 20
+    membership = paired_membership(10, 4, seed=5)
+    w = dup.weights(membership)
+    for c in range(10):
+        rows = np.flatnonzero(dup.canary_of == c)
+        assert len(rows) == 3 and (dup.y[rows] == dup.canary_y[c]).all()
+        assert (dup.x[rows] == dup.canary_x[c]).all()
+        assert (w[:, rows] == membership[:, [c]]).all()  # all copies in, or none
+    assert (w[:, dup.canary_of < 0] == 1).all()
+    assert (dup.canary_y != dup.true_y).all()  # duplicated canaries are mislabeled too
+
+    ood = job.prepare_data(tiny(canaries={"count": 10, "kind": "ood"}))
+    original = load_private({"kind": "digits"}).samples[ood.canary_rows] / 16.0
+    np.testing.assert_allclose(ood.canary_x, 1.0 - original.reshape(-1, 8, 8), atol=1e-6)
+    with pytest.raises(ValueError, match="repeat"):
+        tiny(canaries={"count": 10, "kind": "duplicated", "repeat": 1})

@@ -67,7 +67,7 @@ class CanaryConfig(_Strict):
     repeat: int | None = Field(None, ge=1, description="copies of a canary when in (duplicated: default 4)")
 
     @model_validator(mode="after")
-    def _repeat(self) -> "CanaryConfig":
+    def _repeat(self) -> CanaryConfig:
         if self.repeat is None:
             self.repeat = 4 if self.kind == "duplicated" else 1
         if self.kind == "duplicated" and self.repeat < 2:
@@ -114,7 +114,7 @@ class ParadigmConfig(_Strict):
     momentum: float | None = Field(None, ge=0, lt=1, description="overrides training.momentum")
 
     @model_validator(mode="after")
-    def _dp_needs_epsilon(self) -> "ParadigmConfig":
+    def _dp_needs_epsilon(self) -> ParadigmConfig:
         if self.kind in ("dpsgd", "pe") and self.epsilon is None:
             raise ValueError(f"epsilon: required for kind {self.kind!r}")
         if self.options and self.kind not in EXTERNAL_KINDS:
@@ -138,7 +138,7 @@ class AuditConfig(_Strict):
     paradigms: list[ParadigmConfig]
 
     @model_validator(mode="after")
-    def _checks(self) -> "AuditConfig":
+    def _checks(self) -> AuditConfig:
         if self.runs % 2:
             raise ValueError(f"runs: must be even so each canary is in exactly half the runs, got {self.runs}")
         names = [p.key for p in self.paradigms]
@@ -789,7 +789,7 @@ def one_run_report(stat: np.ndarray, membership: np.ndarray, fraction: float, de
     from pipelines.audit import one_run_epsilon_lower, one_run_guesses
 
     m = stat.size
-    k = max(1, int(round(fraction * m)))
+    k = max(1, round(fraction * m))
     correct, guesses = one_run_guesses(stat.ravel(), membership.ravel(), k, k)
     return {"epsilon_lower": one_run_epsilon_lower(correct, guesses, m, delta), "correct": correct,
             "guesses": guesses, "canaries": int(m), "in": int(membership.sum())}
