@@ -23,9 +23,11 @@ the chunks that exist (resume); the attack is a reduce step over the chunk files
 - the one-run audit (Steinke, Nasr & Jagielski 2023) for a paradigm with ``one_run: true``.
 
 PE's per-run synthesize runs inside the chunk task: its generator and voter actors are created
-from the task (nested Ray use), and the task's CPU is handed back to Ray while it waits on them,
-so chunks of PE fan out over a cluster like the others and the mechanism level, which needs the
-run's private set, stays inside the task that already holds it.
+from the task (nested Ray use) in their own placement group. The PE chunk task itself reserves no
+CPU (it mostly waits on those actors), and the driver starts only as many PE chunks at once as the
+cluster can hold PE runs, so PE chunks fan out over a cluster like the others without ever
+waiting on each other, and the mechanism level, which needs the run's private set, stays inside
+the task that already holds it.
 """
 
 from __future__ import annotations
@@ -322,8 +324,10 @@ def _train_spec(config: AuditConfig, paradigm: ParadigmConfig):
 def _pe_overrides(paradigm: ParadigmConfig, config: AuditConfig, seed: int, data_path: str | None) -> list[str]:
     """The synthesize overrides of one PE run (``data_path`` None: for validating the config)."""
     data = [] if data_path is None else ["data.kind=arrays", f"data.path={data_path}"]
+    # Other chunks may hold the cluster for a while: a PE run waits for its actors' placement group
+    # (the audit only starts as many PE runs as the cluster holds), unless the paradigm says otherwise.
     return [
-        *paradigm.set, f"privacy.epsilon={paradigm.epsilon}", f"privacy.delta={config.delta}",
+        "resources.placement_timeout_s=86400", *paradigm.set, f"privacy.epsilon={paradigm.epsilon}", f"privacy.delta={config.delta}",
         f"seed={seed}", *data, "evaluation.every_generation=false",
     ]
 
@@ -577,7 +581,6 @@ def run_audit(config: AuditConfig, out_dir: Path, *, source: str = "config", pro
     """
     import ray
 
-    from pipelines.audit.canaries import paired_membership
     from pipelines.ray_session import ensure_ray
 
     options = check_paradigms(config, source)
@@ -586,6 +589,26 @@ def run_audit(config: AuditConfig, out_dir: Path, *, source: str = "config", pro
         _check_resume(config, out_dir, source)
     registry = paradigm_registry() if any(p.kind in EXTERNAL_KINDS for p in config.paradigms) else None
     wall0 = time.perf_counter()
+    started_ray = ensure_ray(config.resources.num_cpus)
+    try:
+        # PE chunks create their own actors (and a task for PE's baselines): at most as many run at
+        # once as the cluster can hold, or two of them could each wait on resources the other holds.
+        max_pe = _pe_concurrency(config, ray.cluster_resources(), source)
+        data = _prepare_directory(config, out_dir)
+        n_total, skipped = _run_chunks(config, out_dir, registry, options, max_pe, progress)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    report = reduce_audit(config, out_dir, data)
+    report["timing"] = {"wall_seconds": time.perf_counter() - wall0, "chunks_trained": n_total,
+                        "runs_reused": skipped}
+    _write_json_atomic(out_dir / "report.json", report)
+    return report
+
+
+def _prepare_directory(config: AuditConfig, out_dir: Path) -> AuditData:
+    from pipelines.audit.canaries import paired_membership
+
     out_dir.mkdir(parents=True, exist_ok=True)
     private_dir = out_dir / "private"
     private_dir.mkdir(mode=0o700, exist_ok=True)
@@ -597,58 +620,58 @@ def run_audit(config: AuditConfig, out_dir: Path, *, source: str = "config", pro
     data = prepare_data(config)
     np.save(private_dir / "canary_rows.npy", data.canary_rows)  # indices into the private set: private
     np.save(out_dir / "membership.npy", paired_membership(config.canaries.count, config.runs, config.seed))
-
-    started_ray = ensure_ray(config.resources.num_cpus)
-    try:
-        task = ray.remote(train_chunk).options(
-            num_cpus=config.resources.cpus_per_task, num_gpus=config.resources.gpus_per_task, max_retries=2,
-        )
-        pending, pe_queue, skipped = [], [], 0
-        for index, paradigm in enumerate(config.paradigms):
-            n_runs = paradigm_runs(config, paradigm)
-            done = _existing_runs(out_dir / "runs" / paradigm.key)
-            skipped += len(done & set(range(n_runs)))
-            impl = registry[paradigm.kind] if paradigm.kind in EXTERNAL_KINDS else None
-            for runs in plan_chunks(n_runs, done, config.resources.chunk_runs):
-                args = (config_json, index, runs, str(out_dir), impl, options.get(paradigm.key))
-                if paradigm.kind == "pe":
-                    pe_queue.append(args)
-                else:
-                    pending.append(task.remote(*args))
-        # PE chunks create their own actors (and a task for PE's baselines): at most as many run at
-        # once as the cluster can hold, or two of them could each wait on resources the other holds.
-        max_pe = _pe_concurrency(config, ray.cluster_resources())
-        pe_refs: set = set()
-        n_total = len(pending) + len(pe_queue)
-        finished = 0
-        while pending or pe_queue:
-            while pe_queue and len(pe_refs) < max_pe:
-                ref = task.remote(*pe_queue.pop(0))
-                pe_refs.add(ref)
-                pending.append(ref)
-            ready, pending = ray.wait(pending, num_returns=1)
-            pe_refs.discard(ready[0])
-            path = ray.get(ready[0])
-            finished += 1
-            if progress:
-                print(f"audit: chunk {finished}/{n_total} done: {path}", file=sys.stderr)
-    finally:
-        if started_ray:
-            ray.shutdown()
-    report = reduce_audit(config, out_dir, data)
-    report["timing"] = {"wall_seconds": time.perf_counter() - wall0, "chunks_trained": n_total,
-                        "runs_reused": skipped}
-    _write_json_atomic(out_dir / "report.json", report)
-    return report
+    return data
 
 
-def _pe_concurrency(config: AuditConfig, cluster: dict[str, float]) -> int:
+def _run_chunks(config: AuditConfig, out_dir: Path, registry, options: dict[str, Any], max_pe: int,
+                progress: bool) -> tuple[int, int]:
+    """Submit every missing chunk as a Ray task and wait for all; returns (chunks trained, runs reused)."""
+    import ray
+
+    config_json = config.model_dump(mode="json")
+    task = ray.remote(train_chunk).options(
+        num_cpus=config.resources.cpus_per_task, num_gpus=config.resources.gpus_per_task, max_retries=2,
+    )
+    # A PE chunk mostly waits on the actors of its PE runs, which reserve their own resources in a
+    # placement group; were the task to hold a CPU too, a small machine could never place them.
+    pe_task = ray.remote(train_chunk).options(num_cpus=0, num_gpus=0, max_retries=2)
+    pending, pe_queue, skipped = [], [], 0
+    for index, paradigm in enumerate(config.paradigms):
+        n_runs = paradigm_runs(config, paradigm)
+        done = _existing_runs(out_dir / "runs" / paradigm.key)
+        skipped += len(done & set(range(n_runs)))
+        impl = registry[paradigm.kind] if paradigm.kind in EXTERNAL_KINDS else None
+        for runs in plan_chunks(n_runs, done, config.resources.chunk_runs):
+            args = (config_json, index, runs, str(out_dir), impl, options.get(paradigm.key))
+            if paradigm.kind == "pe":
+                pe_queue.append(args)
+            else:
+                pending.append(task.remote(*args))
+    pe_refs: set = set()
+    n_total = len(pending) + len(pe_queue)
+    finished = 0
+    while pending or pe_queue:
+        while pe_queue and len(pe_refs) < max_pe:
+            ref = pe_task.remote(*pe_queue.pop(0))
+            pe_refs.add(ref)
+            pending.append(ref)
+        ready, pending = ray.wait(pending, num_returns=1)
+        pe_refs.discard(ready[0])
+        path = ray.get(ready[0])
+        finished += 1
+        if progress:
+            print(f"audit: chunk {finished}/{n_total} done: {path}", file=sys.stderr)
+    return n_total, skipped
+
+
+def _pe_concurrency(config: AuditConfig, cluster: dict[str, float], source: str = "config") -> int:
     """How many PE chunk tasks may run at once: the cluster's CPUs (and GPUs) over what one PE
-    run holds (its generator and voter actors, plus the task of its baselines)."""
+    run holds (its generator and voter actors, plus the task of its baselines). A local Ray
+    instance too small for one PE run is refused (a cluster given by RAY_ADDRESS may scale up)."""
     from pipelines.config import load_config
 
     limit = None
-    for p in config.paradigms:
+    for i, p in enumerate(config.paradigms):
         if p.kind != "pe":
             continue
         pe = load_config(p.synthesize, _pe_overrides(p, config, seed=0, data_path=None))
@@ -659,6 +682,10 @@ def _pe_concurrency(config: AuditConfig, cluster: dict[str, float]) -> int:
         for kind, amount in need.items():
             if amount > 0:
                 fit = int(float(cluster.get(kind, 0.0)) // amount)
+                if fit < 1 and not os.environ.get("RAY_ADDRESS"):
+                    raise ConfigError(source, f"paradigms.{i}.set",
+                                      f"one PE run needs {amount:g} {kind}s (its actors and baseline task) but the "
+                                      f"Ray instance has {float(cluster.get(kind, 0.0)):g}; lower its resources")
                 limit = fit if limit is None else min(limit, fit)
     return max(1, limit or 1)
 
