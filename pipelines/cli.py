@@ -112,7 +112,7 @@ def _audit(args: argparse.Namespace) -> int:
 
     config = load_audit_config(args.config, args.overrides)
     out = Path(args.out).expanduser() if args.out else Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    report = run_audit(config, out)
+    report = run_audit(config, out, source=args.config)
     print(f"audit directory    {out}")
     print(summary_table(report))
     if args.print_report:

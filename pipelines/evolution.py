@@ -488,6 +488,7 @@ class Synthesis:
         progress: bool = False,
         after_release: Callable[[int], None] | None = None,
         on_actors: Callable[[_Actors], None] | None = None,
+        keep_populations: bool = False,
     ) -> None:
         self.config = config
         self.run_dir = run_dir
@@ -506,6 +507,7 @@ class Synthesis:
         self.progress_enabled = progress
         self.after_release = after_release
         self.on_actors = on_actors  # test hook (fault injection): sees the run's actors once started
+        self.keep_populations = keep_populations  # the audit's mechanism level needs every S_t
         self.heldout = load_heldout(config.data)
         self._heldout_embedding: np.ndarray | None = None
         from pipelines.embed_store import store_path
@@ -624,7 +626,10 @@ class Synthesis:
 
     def _save_checkpoint(self, population: Population, state: dict[str, Any]) -> None:
         self.checkpoint_dir.mkdir(exist_ok=True)
-        write_parquet_atomic(population.table(self.info.max_value), self.checkpoint_dir / "population.parquet")
+        table = population.table(self.info.max_value)
+        write_parquet_atomic(table, self.checkpoint_dir / "population.parquet")
+        if self.keep_populations:
+            write_parquet_atomic(table, self.checkpoint_dir / f"population-{state['generation']}.parquet")
         _write_json_atomic(self.checkpoint_dir / "state.json", state)
 
     def _load_checkpoint(self) -> tuple[Population, dict[str, Any]] | None:
@@ -801,11 +806,13 @@ def synthesize(
     progress: bool = False,
     after_release: Callable[[int], None] | None = None,
     on_actors: Callable[[_Actors], None] | None = None,
+    keep_populations: bool = False,
 ) -> RunResult:
     """Run (or resume) PE with ``config`` in ``run_dir``; returns the report.
 
     Every check that can fail on the config runs before Ray starts, before private
-    data is read, and before the run directory is created.
+    data is read, and before the run directory is created. ``keep_populations`` also keeps
+    each generation's population as ``checkpoint/population-<t>.parquet`` (for the audit).
     """
     run_dir = Path(run_dir)
     plan, info, labels = check_config(config, source)
@@ -822,6 +829,7 @@ def synthesize(
             config, run_dir, plan, info, labels,
             insecure_noise_seed=insecure_noise_seed, progress=progress, after_release=after_release,
             on_actors=on_actors,
+            keep_populations=keep_populations,
         )
         report = synthesis.run()
     except BaseException:

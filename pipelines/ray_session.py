@@ -19,5 +19,8 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(logging_level="warning")
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="warning", log_to_driver=False)
+        # address="local": always a new instance; without it Ray joins any Ray it finds running
+        # on this machine (another user's, or another job's that may shut down under us).
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="warning",
+                 log_to_driver=False)
     return True

@@ -9,7 +9,7 @@ import pytest
 from pipelines.cli import main
 from pipelines.config import ConfigError
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 
 
 def write_config(tmp_path, text):
@@ -89,6 +89,18 @@ paradigms:
     assert pe["accuracy"] > 0.5  # classifiers trained on each run's own DP synthetic set
     # each run's private set, and its PE run, live in the owner-only private folder
     private = out / "private"
-    assert len(list(private.glob("pe-run*.npz"))) == 8
-    assert all((private / f"pe-run{r:03d}" / "ledger.jsonl").exists() for r in range(8))
+    assert len(list((private / "pe").glob("run-*.npz"))) == 8
+    assert all((private / "pe" / f"run-{r:04d}" / "ledger.jsonl").exists() for r in range(8))
     assert oct(private.stat().st_mode & 0o777) == "0o700"
+    # mechanism level: the canary's vote projected out of the releases shifts by the accounted mu
+    from pipelines.privacy import PrivacyLedger, gaussian_mu
+
+    ledger = PrivacyLedger(private / "pe" / "run-0000")
+    mech = report["levels"]["pe (mechanism)"]
+    assert mech["mu_theory"] == pytest.approx(gaussian_mu(ledger.noise_multipliers()), rel=1e-6)  # k=1: full votes
+    assert abs(mech["mu_estimate"] - mech["mu_theory"]) < 4 * mech["mu_estimate_se"]
+    assert abs(mech["sd_out"] - 1) < 0.3
+    assert mech["epsilon_lower_ci"][0] <= pe["epsilon"] and mech["violation"] is False
+    for level in ("pe (synthetic: distance)", "pe (synthetic: density_ratio)"):
+        assert 0 <= report["levels"][level]["auc"] <= 1
+    assert pq.read_table(out / "scores.parquet").num_rows == 4 * 8 * 20  # model, mechanism, 2 synthetic

@@ -5,7 +5,17 @@ in exactly half of the runs of a paradigm, LiRA on every run, and TPR at low FPR
 empirical epsilon lower bound with a Clopper-Pearson interval.
 """
 
-from .canaries import balanced_membership, choose_canaries, mislabel
+from .canaries import (
+    SecretStrings,
+    balanced_membership,
+    choose_canaries,
+    iid_membership,
+    mislabel,
+    ood_images,
+    paired_membership,
+    secret_strings,
+)
+from .levels import mechanism_statistic, synthetic_scores, vote_matrix
 from .lira import lira_offline, lira_online, logit_confidence
 from .mechanism import gaussian_epsilon, project_release, simulate_gaussian_audit
 from .metrics import (
@@ -21,6 +31,7 @@ from .metrics import (
 )
 
 __all__ = [
+    "SecretStrings",
     "auc",
     "balanced_membership",
     "bootstrap_tpr_at_fpr",
@@ -28,15 +39,22 @@ __all__ = [
     "clopper_pearson",
     "epsilon_lower_bound",
     "gaussian_epsilon",
+    "iid_membership",
     "is_violation",
     "lira_offline",
     "lira_online",
     "logit_confidence",
+    "mechanism_statistic",
     "mislabel",
     "one_run_epsilon_lower",
     "one_run_guesses",
+    "ood_images",
+    "paired_membership",
     "project_release",
     "roc",
+    "secret_strings",
     "simulate_gaussian_audit",
+    "synthetic_scores",
     "tpr_at_fpr",
+    "vote_matrix",
 ]
