@@ -529,7 +529,7 @@ def train_batched(
     params = s.params
     opt = _StackedOptimizer(params, spec)
     with _torch_threads(threads):
-        for _epoch in range(spec.epochs):
+        for epoch in range(spec.epochs):
             idx = np.zeros((r, n_steps * bsz), dtype=np.int64)
             w = np.zeros((r, n_steps * bsz), dtype=np.float32)
             aug = torch.zeros((r, n_steps * bsz, 3), dtype=torch.long)
@@ -550,7 +550,7 @@ def train_batched(
                 grads = grad_fn(params, xb, s.y[bi], w_t[:, sl])
                 opt.step(params, grads, active)
             if on_epoch is not None:
-                on_epoch(_epoch, params)
+                on_epoch(epoch, params)
     return BatchedModel(
         spec, s.input_shape, n_classes, params, [int(v) for v in seeds], threads,
         info={"kind": "plain", "steps": steps_per_run.tolist()},

@@ -118,7 +118,7 @@ def test_paradigm_learns_and_honours_the_mask(digits, name):
     assert isinstance(model, BatchedModel) and model.n_runs == 2
     assert model.info["paradigm"] == name
     acc = model.accuracy(xte, yte)
-    assert (acc > 0.4).all(), (name, acc)
+    assert (acc > 0.5).all(), (name, acc)  # measured 0.61 to 0.86
 
     x2 = x.copy()
     x2[outside] = 1.0 - x2[outside]

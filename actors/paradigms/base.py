@@ -231,7 +231,7 @@ def feature_template(spec: TrainSpec, input_shape: tuple[int, ...], n_classes: i
 
 def feature_params(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A classifier's parameters without those of the output layer (for ``feature_template``)."""
-    return {k: v for k, v in params.items() if not (k.startswith("out.") or k.startswith("head.out."))}
+    return {k: v for k, v in params.items() if not k.startswith(("out.", "head.out."))}
 
 
 def forward_runs(template: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, shared: bool) -> torch.Tensor:

@@ -17,13 +17,14 @@ instead, each weighted by an option:
 
 * pixels parametrised as sigmoid(u), so inputs stay in the data range [0, 1];
 * DeepInversion's image priors: total variation (``tv``) and the L2 norm of the image (``l2``);
-* random jitter: each step the inputs are shifted by up to ``jitter`` pixels (zero fill) before
-  the teacher sees them, as DeepInversion's random shifts, so the images do not overfit one
-  position;
+* random jitter (``jitter``, off by default): each step the inputs are shifted by up to that
+  many pixels (zero fill) before the teacher sees them, as DeepInversion's random shifts. It suits
+  a convolutional teacher; an MLP teacher is not shift-invariant, and on digits one pixel of
+  jitter dropped the student from 0.92 to 0.40 held-out accuracy;
 * a diversity term (``diversity``): the mean cosine similarity between the teacher's penultimate
   features of distinct inputs of the same class, penalised so the inputs of a class spread out
   (the role DAFL's information-entropy loss and DeepInversion's batch statistics play for
-  coverage);
+  coverage; on digits it lifts the student from 0.83 to 0.93 held-out accuracy);
 * classes balanced by construction (``per_class`` targets each), DAFL's entropy term's goal.
 """
 
@@ -37,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from actors.trainer import BatchedModel, TrainSpec, _template, shift_images, train_batched
+from actors.trainer import BatchedModel, TrainSpec, _template, train_batched
 
 from .base import (
     Paradigm,
@@ -48,7 +49,6 @@ from .base import (
     feature_template,
     forward_runs,
     run_generators,
-    sample_shape,
     stack_runs,
     sub_seeds,
     threads_ctx,
@@ -65,8 +65,8 @@ class DFKDOptions(ParadigmOptions):
     lr: float = Field(0.1, gt=0, le=100, description="Adam learning rate of the inversion")
     tv: float = Field(0.05, ge=0, le=1000, description="weight of the total-variation prior")
     l2: float = Field(0.01, ge=0, le=1000, description="weight of the L2 image prior")
-    diversity: float = Field(1.0, ge=0, le=1000, description="weight of the within-class diversity term")
-    jitter: int = Field(1, ge=0, le=8, description="random shift of the inputs per step (pixels)")
+    diversity: float = Field(3.0, ge=0, le=1000, description="weight of the within-class diversity term")
+    jitter: int = Field(0, ge=0, le=8, description="random shift of the inputs per step (pixels)")
     teacher_epochs: int | None = Field(None, ge=1, le=10_000, description="teacher epochs (default spec.epochs)")
     soft_labels: bool = Field(True, description="student targets: teacher softmax (else its argmax)")
 
@@ -108,6 +108,19 @@ def _tv(img: torch.Tensor) -> torch.Tensor:
     return dh + dw
 
 
+def _jitter(img: torch.Tensor, d: torch.Tensor, m: int) -> torch.Tensor:
+    """Shift image i of run r by d[r, i] = (dy, dx) pixels, zero fill: img (R, M, C, H, W).
+    One masked slice per offset (at most (2m + 1)^2 of them): cheap, and differentiable."""
+    h, w = img.shape[-2:]
+    padded = F.pad(img, (m, m, m, m))
+    out = torch.zeros_like(img)
+    for dy in range(-m, m + 1):
+        for dx in range(-m, m + 1):
+            sel = ((d[..., 0] == dy) & (d[..., 1] == dx))[..., None, None, None]
+            out = torch.where(sel, padded[..., m - dy : m - dy + h, m - dx : m - dx + w], out)
+    return out
+
+
 def invert(
     teacher: BatchedModel,
     seeds: Sequence[int],
@@ -132,7 +145,6 @@ def invert(
     u = torch.stack([torch.randn((n_classes * m, *shape), generator=g) for g in run_generators(seeds, _INPUTS)])
     u.requires_grad_(True)
     jitter_g = run_generators(seeds, _JITTER)
-    same_class = (target[:, None] == target[None, :]) & ~torch.eye(len(target), dtype=torch.bool)
     opt = torch.optim.Adam([u], lr=options.lr)
     with threads_ctx(threads):
         for _ in range(options.steps):
@@ -141,17 +153,18 @@ def invert(
             if image and options.jitter:
                 d = torch.stack([torch.randint(-options.jitter, options.jitter + 1, (len(target), 2), generator=g)
                                  for g in jitter_g])
-                flat = img.flatten(0, 1)
-                seen = shift_images(flat, d[..., 0].flatten(), d[..., 1].flatten()).view_as(img)
+                seen = _jitter(img, d, options.jitter)
             logits = forward_runs(template, params, seen, shared=False)  # (R, M, C)
             ce = F.cross_entropy(logits.flatten(0, 1), target.repeat(r), reduction="none").view(r, -1).mean(1)
             loss = ce + options.l2 * img.pow(2).flatten(2).mean(-1).mean(-1)
             if image and options.tv:
                 loss = loss + options.tv * _tv(img).mean(-1)
-            if options.diversity:
-                f = F.normalize(forward_runs(features, fparams, seen, shared=False), dim=-1)  # (R, M, D)
-                sim = torch.bmm(f, f.transpose(1, 2))
-                loss = loss + options.diversity * (sim * same_class).sum((1, 2)) / same_class.sum()
+            if options.diversity and m > 1:
+                f = F.normalize(forward_runs(features, fparams, seen, shared=False), dim=-1)
+                f = f.view(r * n_classes, m, -1)  # inputs of one class of one run
+                sim = torch.bmm(f, f.transpose(1, 2)).view(r, n_classes, m, m)
+                off_diagonal = (sim.sum((2, 3)) - sim.diagonal(dim1=2, dim2=3).sum(-1)) / (m * (m - 1))
+                loss = loss + options.diversity * off_diagonal.mean(-1)
             opt.zero_grad(set_to_none=True)
             loss.sum().backward()  # runs are independent: each run's gradient is its own loss's
             opt.step()

@@ -24,6 +24,7 @@ label, can be reproduced under that label.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Literal
@@ -52,10 +53,10 @@ _TIME_DIM = 32
 
 class DiffusionOptions(ParadigmOptions):
     per_class: int = Field(100, ge=1, le=100_000, description="sampled images per class")
-    steps: int = Field(3000, ge=1, le=10_000_000, description="training steps")
+    steps: int = Field(2000, ge=1, le=10_000_000, description="training steps")
     batch_size: int = Field(128, ge=1, le=65_536, description="private samples per run per step")
     lr: float = Field(2e-3, gt=0, le=1, description="Adam learning rate")
-    hidden: int = Field(256, ge=8, le=8192, description="denoiser width")
+    hidden: int = Field(128, ge=8, le=8192, description="denoiser width")
     depth: int = Field(3, ge=1, le=16, description="denoiser hidden layers")
     timesteps: int = Field(1000, ge=10, le=10_000, description="diffusion steps of training")
     sample_steps: int = Field(100, ge=1, le=10_000, description="sampling steps (<= timesteps)")
@@ -63,7 +64,7 @@ class DiffusionOptions(ParadigmOptions):
     ema: float = Field(0.999, ge=0, lt=1, description="decay of the weight average used for sampling")
 
     @model_validator(mode="after")
-    def _sample_steps_fit(self) -> "DiffusionOptions":
+    def _sample_steps_fit(self) -> DiffusionOptions:
         if self.sample_steps > self.timesteps:
             raise ValueError(f"sample_steps: at most timesteps ({self.timesteps}), got {self.sample_steps}")
         return self
@@ -110,7 +111,7 @@ def _time_embedding(t: torch.Tensor, timesteps: int) -> torch.Tensor:
 def _init_denoiser(widths: list[int], gens: list[torch.Generator]) -> list[torch.Tensor]:
     """Stacked weights (R, in, out) and biases (R, out) with PyTorch's default linear init."""
     params = []
-    for a, b in zip(widths[:-1], widths[1:]):
+    for a, b in itertools.pairwise(widths):
         bound = 1.0 / math.sqrt(a)
         w = torch.stack([torch.empty(a, b).uniform_(-bound, bound, generator=g) for g in gens])
         bias = torch.stack([torch.empty(b).uniform_(-bound, bound, generator=g) for g in gens])
