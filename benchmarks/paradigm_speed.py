@@ -13,6 +13,10 @@ Each paradigm runs with its default options (and the variants named below) for a
   class drawn by the project's digit simulator, no private data);
 * ``dfkd``; ``diffusion``.
 
+Measured on this 2-core machine while it was otherwise idle (results/paradigm_speed.json): the
+eight variants together take about 4 minutes at 64 runs (coreset 2-6 s, distill about 27 s, dfkd
+about 60 s, diffusion about 85 s each), and about 40 s at 8 runs (paradigm_speed_r8.json).
+
 Reported per paradigm: wall seconds for all runs (one measurement; the machine is shared, expect
 noise of tens of percent), mean held-out accuracy, how often a canary is predicted with its
 (wrong) label by the runs that trained on it and by those that did not, and LiRA (online, fixed

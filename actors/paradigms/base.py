@@ -6,9 +6,10 @@ computed together: per-run state is stacked along a leading axis (or the runs sh
 rows with a per-run 0/1 mask, as ``actors.trainer.train_batched`` does), and every random draw
 of run r comes from a ``torch.Generator`` derived from ``seeds[r]`` and the purpose of the draw,
 so a run's result depends on its own seed and its own private set only, never on the other runs
-of the batch. A sample a run excludes (weight 0) is never read by that run's computation: it is
-either not gathered at all or masked with ``torch.where`` before any reduction, so changing its
-pixels leaves the run's output bitwise unchanged (``tests/test_paradigms.py`` checks this).
+of the batch. A sample a run excludes (weight 0) never reaches that run's result: it is not
+gathered at all, or masked with ``torch.where`` before any reduction, or (inside
+``train_batched``) carries weight 0 in the loss, so changing its pixels leaves the run's output
+bitwise unchanged (``tests/test_paradigms.py`` checks this for every paradigm).
 """
 
 from __future__ import annotations

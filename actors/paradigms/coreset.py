@@ -43,6 +43,7 @@ from .base import (
     ParadigmOptions,
     Public,
     TrainingSet,
+    check_inputs,
     class_members,
     feature_params,
     feature_template,
@@ -98,6 +99,7 @@ def select(
     threads: int | None = 1,
 ) -> np.ndarray:
     """The coreset of every run as a (R, n) float32 0/1 mask, a subset of ``weights``."""
+    x, y, weights = check_inputs(x, y, weights, seeds, n_classes)
     members = class_members(y, weights, n_classes)
     with threads_ctx(threads):
         if options.method == "herding":
