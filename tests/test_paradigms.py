@@ -106,23 +106,31 @@ def test_other_options_refuse_bad_values(digits):
 # end to end: utility and the membership mask
 
 
-@pytest.mark.parametrize("name", ["coreset", "distill", "dfkd", "diffusion"])
-def test_paradigm_learns_and_honours_the_mask(digits, name):
+@pytest.mark.parametrize("name,extra", [
+    ("coreset", {}),
+    ("coreset", {"features": "model", "feature_epochs": 3}),
+    ("coreset", {"method": "forgetting", "forgetting_epochs": 3}),
+    ("distill", {}),
+    ("dfkd", {}),
+    ("diffusion", {}),
+])
+def test_paradigm_learns_and_honours_the_mask(digits, name, extra):
     """Each paradigm beats chance (0.1) by a wide margin on held-out digits. Changing the pixels
     of the samples run 0 excludes leaves run 0's model bitwise unchanged, and changes run 1's,
     which holds them."""
     x, y, xte, yte = digits
     outside = np.random.default_rng(0).choice(len(x), 60, replace=False)
     w = _masks(len(x), outside)
-    model = _train(name, x, y, w, xte, yte)
+    model = _train(name, x, y, w, xte, yte, **extra)
     assert isinstance(model, BatchedModel) and model.n_runs == 2
     assert model.info["paradigm"] == name
     acc = model.accuracy(xte, yte)
-    assert (acc > 0.5).all(), (name, acc)  # measured 0.61 to 0.86
+    # measured 0.61 to 0.86; forgetting keeps the hardest samples only, hence its lower bar
+    assert (acc > (0.3 if extra.get("method") == "forgetting" else 0.5)).all(), (name, acc)
 
     x2 = x.copy()
     x2[outside] = 1.0 - x2[outside]
-    model2 = _train(name, x2, y, w, xte, yte)
+    model2 = _train(name, x2, y, w, xte, yte, **extra)
     assert _same_run(model, model2, 0), f"{name}: an excluded sample changed run 0"
     assert not _same_run(model, model2, 1), f"{name}: run 1's own samples had no effect"
 
