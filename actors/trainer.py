@@ -34,7 +34,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
@@ -440,7 +440,11 @@ def _setup(
     if x.ndim < 2:
         raise ValueError(f"x: expected shape (n, ...), got {x.shape}")
     n = len(x)
-    if y.shape != (n,):
+    soft = y.ndim == 2
+    if soft:  # class probabilities (plain training only: train_batched's soft targets)
+        if y.shape != (n, n_classes) or not (np.all(y >= 0) and np.allclose(y.sum(1), 1, atol=1e-4)):
+            raise ValueError(f"y: soft labels must be ({n}, {n_classes}) rows of probabilities")
+    elif y.shape != (n,):
         raise ValueError(f"y: expected shape ({n},), got {y.shape}")
     if weights.ndim != 2 or weights.shape[1] != n:
         raise ValueError(f"weights: expected shape (R, {n}), got {weights.shape}")
@@ -448,7 +452,7 @@ def _setup(
         raise ValueError("weights: expected a 0/1 membership mask")
     if len(seeds) != weights.shape[0]:
         raise ValueError(f"seeds: expected one per run ({weights.shape[0]}), got {len(seeds)}")
-    if n and (y.min() < 0 or y.max() >= n_classes):
+    if n and not soft and (y.min() < 0 or y.max() >= n_classes):
         raise ValueError(f"y: labels must lie in [0, {n_classes}), got [{y.min()}, {y.max()}]")
     included = [np.flatnonzero(w) for w in weights]
     if any(len(i) == 0 for i in included):
@@ -461,7 +465,8 @@ def _setup(
     template = _template(spec, shape, n_classes)
     per_run = [_init_params(template, s) for s in seeds]
     params = {k: torch.stack([p[k] for p in per_run]) for k in per_run[0]}
-    return _Setup(xt, torch.from_numpy(y.astype(np.int64)), included, shape, template, params, is_image)
+    yt = torch.from_numpy(y.astype(np.float32 if soft else np.int64))
+    return _Setup(xt, yt, included, shape, template, params, is_image)
 
 
 def _augment(xb: torch.Tensor, spec: TrainSpec, draws: torch.Tensor) -> torch.Tensor:
@@ -495,10 +500,15 @@ def train_batched(
     seeds: Sequence[int],
     n_classes: int,
     threads: int | None = 1,
+    on_epoch: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
 ) -> BatchedModel:
     """Train R = len(seeds) independent classifiers at once; run r sees the examples where
-    ``weights[r] == 1``. ``x``: (n, ...) float, already scaled; ``y``: (n,) int labels.
-    ``threads``: torch intra-op threads while training (None: leave torch's setting)."""
+    ``weights[r] == 1``. ``x``: (n, ...) float, already scaled; ``y``: (n,) int labels, or
+    (n, n_classes) class probabilities (soft targets: the loss is their cross-entropy with the
+    model's softmax, i.e. the KL divergence up to a constant, as in knowledge distillation).
+    ``threads``: torch intra-op threads while training (None: leave torch's setting).
+    ``on_epoch(epoch, params)``: called after each epoch with the (R, ...) parameters (read only;
+    e.g. to count forgetting events)."""
     s = _setup(x, y, weights, spec, seeds, n_classes)
     r = len(seeds)
     bsz = spec.batch_size
@@ -506,7 +516,7 @@ def train_batched(
 
     def total_loss(p: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
         logits = fn(p, xb)  # (R, B, C)
-        ce = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view_as(wb)
+        ce = F.cross_entropy(logits.flatten(0, 1), yb.flatten(0, 1), reduction="none").view_as(wb)
         per_run = (ce * wb).sum(1) / wb.sum(1).clamp(min=1)
         return per_run.sum()  # runs are independent: d(sum)/d(params of r) = d(loss_r)/d(...)
 
@@ -519,7 +529,7 @@ def train_batched(
     params = s.params
     opt = _StackedOptimizer(params, spec)
     with _torch_threads(threads):
-        for _epoch in range(spec.epochs):
+        for epoch in range(spec.epochs):
             idx = np.zeros((r, n_steps * bsz), dtype=np.int64)
             w = np.zeros((r, n_steps * bsz), dtype=np.float32)
             aug = torch.zeros((r, n_steps * bsz, 3), dtype=torch.long)
@@ -539,6 +549,8 @@ def train_batched(
                 active = torch.from_numpy(steps_per_run > step)
                 grads = grad_fn(params, xb, s.y[bi], w_t[:, sl])
                 opt.step(params, grads, active)
+            if on_epoch is not None:
+                on_epoch(epoch, params)
     return BatchedModel(
         spec, s.input_shape, n_classes, params, [int(v) for v in seeds], threads,
         info={"kind": "plain", "steps": steps_per_run.tolist()},
@@ -728,6 +740,8 @@ def train_batched_dpsgd(
         raise ValueError(
             f"noise_multiplier >= 0 and max_grad_norm > 0 expected, got {noise_multiplier}, {max_grad_norm}"
         )
+    if np.asarray(y).ndim != 1:
+        raise ValueError("y: DP-SGD takes int labels (n,), not soft labels")
     s = _setup(x, y, weights, spec, seeds, n_classes)
     r = len(seeds)
     n_inc = np.array([len(i) for i in s.included])
