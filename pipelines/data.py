@@ -539,11 +539,13 @@ def synthetic_table(
     samples: np.ndarray,
     params: dict[str, np.ndarray],
     max_value: float,
+    png: bool = True,
 ) -> pa.Table:
     """The synthetic set as an Arrow table: ids, lineage, the sample and generator params.
 
-    Images are stored flattened (``image``, shape in the schema metadata) and as
-    PNG bytes (``png``); text as ``text``.
+    Images are stored flattened (``image``, shape in the schema metadata) and, with
+    ``png``, as PNG bytes (``png``: for people and other tools; checkpoints skip it,
+    encoding is most of their cost); text as ``text``.
     """
     n = len(ids)
     columns: dict[str, pa.Array] = {
@@ -558,7 +560,8 @@ def synthetic_table(
     else:
         flat = np.asarray(samples, dtype=np.float32).reshape(n, -1)
         columns["image"] = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), max(flat.shape[1], 1))
-        columns["png"] = pa.array([image_png(img, max_value) for img in samples], type=pa.binary())
+        if png:
+            columns["png"] = pa.array([image_png(img, max_value) for img in samples], type=pa.binary())
     for name, values in params.items():
         columns[f"param_{name}"] = _param_column(values, n)
     metadata = {b"modality": b"text" if is_text else b"image"}

@@ -53,6 +53,7 @@ from pipelines.privacy import (
 # Stage codes mixed into derived seeds.
 _RANDOM, _VARIATION, _LOOKAHEAD, _SELECT, _FINAL, _PRIOR_BASELINE = range(6)
 _ID_STRIDE = 1 << 32
+_CALL_BYTES = 256 << 20  # samples per generator call, at most (bounds the memory of one result)
 
 # Config fields that may change when a run is resumed: they affect speed, not results.
 RESUMABLE_CHANGES = ("generators", "resources", "vote.knn_backend", "vote.query_chunk", "vote.db_chunk")
@@ -85,10 +86,10 @@ class Population:
     def class_rows(self, label: int) -> np.ndarray:
         return np.flatnonzero(self.batch.labels == label)
 
-    def table(self, max_value: float):
+    def table(self, max_value: float, png: bool = True):
         return synthetic_table(
             self.ids, self.batch.labels, self.generation, self.parent_ids,
-            self.batch.samples, self.batch.params, max_value,
+            self.batch.samples, self.batch.params, max_value, png=png,
         )
 
     @staticmethod
@@ -519,20 +520,31 @@ class Synthesis:
 
     def _generate(self, actors: _Actors, stage: int, generation: int, parents: SampleBatch | None,
                   per_class: int, degree: float, parent_ids: np.ndarray | None) -> Population:
-        """Per class, ``per_class`` new samples: fresh (parents None) or variations of parents."""
-        refs, meta = [], []
+        """Per class, ``per_class`` new samples: fresh (parents None) or variations of parents.
+
+        The work is cut into shards of ``population.shard_size``, each with its own derived
+        seed; consecutive shards are then grouped into a few calls per generator actor (each
+        call at most ``_CALL_BYTES`` of samples), so a generation costs a few round trips
+        whatever the shard count, and the output does not depend on the grouping.
+        """
+        items, meta = [], []
         for label in self.labels:
             for j, (a, b) in enumerate(_shards(per_class, self.config.population.shard_size)):
                 seed = derive_seed(self.config.seed, generation, stage, label, j)
                 if parents is None:
-                    refs.append(actors.generator().random.remote(np.full(b - a, label), seed))
+                    items.append(("random", np.full(b - a, label), 0.0, seed))
                     meta.append(np.full(b - a, -1, dtype=np.int64))
                 else:
                     rows = np.flatnonzero(parents.labels == label)[a:b]
-                    refs.append(actors.generator().variation.remote(parents.take(rows), degree, seed))
+                    items.append(("variation", parents.take(rows), degree, seed))
                     meta.append(parent_ids[rows])
-        batches = actors.ray.get(refs)
-        batch = SampleBatch.concat(batches)
+        n_gen = len(actors.generators)
+        total = sum(len(m) for m in meta)
+        calls = max(1, -(-total * self._sample_bytes() // _CALL_BYTES))
+        calls = min(len(items), -(-calls // n_gen) * n_gen)  # whole rounds over the actors
+        groups = [g for g in np.array_split(np.arange(len(items)), calls) if len(g)]
+        refs = [actors.generators[i % n_gen].shards.remote([items[k] for k in g]) for i, g in enumerate(groups)]
+        batch = SampleBatch.concat(actors.ray.get(refs))
         n = len(batch)
         return Population(
             ids=generation * _ID_STRIDE + np.arange(n, dtype=np.int64),
@@ -541,28 +553,45 @@ class Synthesis:
             batch=batch,
         )
 
+    def _sample_bytes(self) -> int:
+        """Bytes of one synthetic sample in transit (float32 images; a generous guess for text)."""
+        if self.info.modality != "image":
+            return 4096
+        return 4 * int(np.prod(self.info.sample_shape))
+
     def _vote(self, actors: _Actors, population: Population, generation: int, degree: float) -> np.ndarray:
-        """The un-noised histogram over ``population`` rows (class-major). Private."""
+        """The un-noised histogram over ``population`` rows (class-major). Private.
+
+        Each voter gets its classes in as few calls as fit ``_CALL_BYTES`` of synthetic
+        samples, whole classes per call (a class's votes need all its synthetic samples).
+        """
         ray = actors.ray
-        per_voter: dict[tuple[int, int], tuple[list[int], list[Any]]] = {}
         lookahead = self.config.vote.lookahead
+        parts: dict[int, list[Any]] = {}
         for label in self.labels:
             rows = population.class_rows(label)
-            for j, (a, b) in enumerate(_shards(len(rows), self.config.population.shard_size)):
-                shard = population.batch.take(rows[a:b])
-                if lookahead > 0:
+            if lookahead > 0:
+                parts[label] = []
+                for j, (a, b) in enumerate(_shards(len(rows), self.config.population.shard_size)):
                     seed = derive_seed(self.config.seed, generation, _LOOKAHEAD, label, j)
-                    ref = actors.generator().lookahead.remote(shard, degree, lookahead, seed)
-                else:
-                    ref = ray.put(shard.samples)
-                for v in actors.voters_of[label]:
-                    # one call per (voter, class): a call carries one class's synthetic samples
-                    labels_, refs_ = per_voter.setdefault((v, label), ([], []))
-                    labels_.append(label)
-                    refs_.append(ref)
-        results = ray.get([
-            actors.voters[v].vote_counts.remote(labels_, *refs_) for (v, _), (labels_, refs_) in per_voter.items()
-        ])
+                    shard = population.batch.take(rows[a:b])
+                    parts[label].append(actors.generator().lookahead.remote(shard, degree, lookahead, seed))
+            else:
+                parts[label] = [ray.put(population.batch.samples[rows])]
+        class_bytes = {
+            label: len(population.class_rows(label)) * self._sample_bytes() * max(1, lookahead) for label in self.labels
+        }
+        calls: list[tuple[int, list[int], list[Any]]] = []
+        for v in range(len(actors.voters)):
+            size = 0
+            for label in (lab for lab in self.labels if v in actors.voters_of[lab]):
+                if not calls or calls[-1][0] != v or size + class_bytes[label] > _CALL_BYTES:
+                    calls.append((v, [], []))
+                    size = 0
+                calls[-1][1].extend([label] * len(parts[label]))
+                calls[-1][2].extend(parts[label])
+                size += class_bytes[label]
+        results = ray.get([actors.voters[v].vote_counts.remote(labels_, *refs_) for v, labels_, refs_ in calls])
         return merge_vote_counts(results, self.labels, self.config.vote.k)
 
     def _release(self, raw: np.ndarray, generation: int) -> np.ndarray:
@@ -626,7 +655,7 @@ class Synthesis:
 
     def _save_checkpoint(self, population: Population, state: dict[str, Any]) -> None:
         self.checkpoint_dir.mkdir(exist_ok=True)
-        table = population.table(self.info.max_value)
+        table = population.table(self.info.max_value, png=False)  # PNG encoding was most of a checkpoint's time
         write_parquet_atomic(table, self.checkpoint_dir / "population.parquet")
         if self.keep_populations:
             write_parquet_atomic(table, self.checkpoint_dir / f"population-{state['generation']}.parquet")

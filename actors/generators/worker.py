@@ -76,6 +76,18 @@ class GeneratorWorker:
         with self._meter.section("generate", samples=len(parents)):
             return self._generator.variation(parents, degree, seed)
 
+    def shards(self, items: list[tuple[str, Any, float, int]]) -> SampleBatch:
+        """Several shards in one call, concatenated in order (fewer round trips per generation).
+
+        Each item is ``("random", labels, 0.0, seed)`` or ``("variation", parents, degree, seed)``;
+        every shard keeps its own seed, so grouping shards into calls changes no sample.
+        """
+        out = [
+            self.random(payload, seed) if kind == "random" else self.variation(payload, degree, seed)
+            for kind, payload, degree, seed in items
+        ]
+        return SampleBatch.concat(out)
+
     def lookahead(self, parents: SampleBatch, degree: float, count: int, seed: int) -> np.ndarray:
         """Images of ``count`` variations of each parent, shaped (n, count, *image_shape).
 

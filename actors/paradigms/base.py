@@ -77,6 +77,9 @@ class Paradigm:
 
     name: ClassVar[str]
     Options: ClassVar[type[ParadigmOptions]]
+    #: True where the final classifier trains on samples the paradigm made (distilled images,
+    #: diffusion samples, inverted inputs): the audit then also attacks that synthetic data.
+    makes_synthetic: ClassVar[bool] = False
 
     def options(self, options: ParadigmOptions | Mapping[str, Any] | None) -> ParadigmOptions:
         """``options`` as this paradigm's ``Options`` (a mapping is validated; None: defaults)."""
@@ -132,12 +135,26 @@ class Paradigm:
         model = train_batched(data.x, data.y, data.weights, spec, seeds, n_classes, threads=threads)
         model.info.update(paradigm=self.name, options=opts.model_dump(mode="json"))
         model.info.update(self.diagnostics(data, x_test, y_test))
+        if self.makes_synthetic:
+            model.info["synthetic"] = synthetic_rows(data)
         return model
 
     def diagnostics(self, data: TrainingSet, x_test: np.ndarray, y_test: np.ndarray) -> dict[str, Any]:
         """Extra held-out numbers for ``info`` (e.g. a teacher's test accuracy); none by default.
         Nothing here may carry a private sample or an un-noised count of the private set."""
         return {}
+
+
+def synthetic_rows(data: TrainingSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x, hard labels, owning run) of the rows a paradigm made, for the synthetic-data attacks.
+
+    Rows shared by several runs (none for the paradigms that set ``makes_synthetic``) are left
+    out: a synthetic-data attack scores each run against the samples made for it alone.
+    """
+    own = data.weights.sum(0) == 1
+    owner = np.argmax(data.weights, axis=0)
+    labels = data.y if data.y.ndim == 1 else np.argmax(data.y, axis=1)
+    return data.x[own], labels[own].astype(np.int64), owner[own].astype(np.int64)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -80,6 +80,7 @@ class DFKDOptions(ParadigmOptions):
 
 class DFKD(Paradigm):
     name = "dfkd"
+    makes_synthetic = True
     Options = DFKDOptions
 
     def training_set(

@@ -72,6 +72,7 @@ class DiffusionOptions(ParadigmOptions):
 
 class Diffusion(Paradigm):
     name = "diffusion"
+    makes_synthetic = True
     Options = DiffusionOptions
 
     def training_set(

@@ -72,6 +72,7 @@ class DistillOptions(ParadigmOptions):
 
 class Distill(Paradigm):
     name = "distill"
+    makes_synthetic = True
     Options = DistillOptions
 
     def training_set(

@@ -384,7 +384,8 @@ def train_chunk(config_json: dict[str, Any], index: int, runs: list[int], out_di
         model = train_batched(x_syn, y_syn, mask, spec, seeds, n_classes=N_CLASSES)
     else:
         model = implementation.train(
-            data.x, data.y, weights, data.x_test, data.y_test, spec, seeds, options, N_CLASSES, public=None,
+            data.x, data.y, weights, data.x_test, data.y_test, spec, seeds, options, N_CLASSES,
+            public=_public_digits(config.seed) if getattr(options, "init", None) == "public" else None,
         )
         if model.info.get("epsilon") is not None:
             accounted = float(model.info["epsilon"])
@@ -415,6 +416,18 @@ def _jsonable(info: dict) -> dict:
         ):
             out[k] = v
     return out
+
+
+def _public_digits(seed: int, per_class: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """A public set for paradigms that start from public data: the digit simulator's prior.
+
+    It is drawn from the simulator alone (fonts and strokes), so it carries no private information.
+    """
+    from actors.generators.simulator import DigitSimulator
+
+    labels = np.repeat(np.arange(N_CLASSES), per_class)
+    batch = DigitSimulator().random(labels, seed)
+    return _digit_features(np.asarray(batch.samples)), labels
 
 
 def _synthetic_level(data: AuditData, x_syn: np.ndarray, y_syn: np.ndarray, owner: np.ndarray,
