@@ -77,3 +77,24 @@ def test_gpu_diffusion_is_reproducible_and_in_range(tmp_path, dtype):
     np.testing.assert_array_equal(gen.variation(parents, 0.0, 5).samples, a.samples)
     v1, v2 = gen.variation(parents, 0.5, 5), gen.variation(parents, 0.5, 5)
     np.testing.assert_array_equal(v1.samples, v2.samples)
+
+
+def test_gpu_actor_meter_measures_busy_gpu_seconds(tmp_path):
+    """A generator actor on a GPU integrates NVML utilisation over its calls (the run's GPU metering)."""
+    pytest.importorskip("pynvml")
+    from actors.generators.base import GeneratorContext
+    from actors.generators.worker import GeneratorWorker
+    from tiny_diffusion import build_tiny_ddim
+
+    path = build_tiny_ddim(tmp_path / "ddim", num_classes=3, image_size=32)
+    context = GeneratorContext(modality="image", sample_shape=(32, 32, 3), max_value=255.0, labels=(0, 1, 2),
+                               class_names={0: "a", 1: "b", 2: "c"}, device="cuda")
+    worker = GeneratorWorker("diffusion", {"pipeline": "ddim", "model_path": str(path), "num_inference_steps": 50,
+                                           "batch_size": 256, "class_map": {0: 0, 1: 1, 2: 2}}, context)
+    worker.stats()  # drop the set-up section
+    worker.random(np.arange(2048) % 3, 1)
+    stats = worker.stats()
+    generate = stats["sections"]["generate"]
+    assert stats["gpu"] and stats["gpu_busy_measured"]
+    assert generate["samples"] == 2048
+    assert 0 < generate["gpu_busy_seconds"] <= generate["wall_seconds"] * 1.01
