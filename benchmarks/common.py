@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import warnings
@@ -10,6 +9,8 @@ from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+from pipelines.files import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -60,9 +61,7 @@ def write_result(results_dir: Path, suite: str, payload: dict[str, Any]) -> Path
     """``results_dir/SUITE.json``, written atomically."""
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{suite}.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(path)
+    write_json_atomic(path, payload)
     return path
 
 

@@ -33,7 +33,6 @@ Without ``heldout_path``, a fixed stratified fraction (``heldout_fraction``, see
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
+
+from pipelines.files import atomic_open
 
 DIGITS_HELDOUT = 597
 DIGITS_SPLIT_SEED = 0
@@ -594,9 +595,5 @@ def read_synthetic(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.nda
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     """Write ``table`` to ``path`` so that a crash leaves either the old file or the new one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic_open(path) as fh:
+        pq.write_table(table, fh)

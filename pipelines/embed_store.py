@@ -49,6 +49,8 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.files import atomic_open, write_json_atomic
+
 STORE_FORMAT = 1
 STORE_KINDS = ("image_folder", "parquet_shards")
 # "auto" uses a store from this many private samples (of the run's classes) on.
@@ -145,21 +147,12 @@ def store_key(data: dict[str, Any], embedder: str, embedder_options: dict[str, A
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_open(path) as fh:
         np.save(fh, array, allow_pickle=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _atomic_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_json_atomic(path, payload, indent=1)
 
 
 def unit_name(unit: int) -> str:

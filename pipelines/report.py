@@ -6,7 +6,6 @@ held-out split. Un-noised counts never reach this module.
 
 from __future__ import annotations
 
-import json
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipelines.data import write_parquet_atomic
+from pipelines.files import write_json_atomic
 from pipelines.metering import plot_cost, run_cost
 from pipelines.privacy import calibration_eps_error, epsilon_closed_form
 
@@ -130,9 +130,7 @@ def write_outputs(run: "Synthesis", population: "Population", report: dict[str, 
         write_text_samples(population, run.info.class_names, run.labels, out / "samples.md")
     plot_progress(report, out / "progress.png")
     plot_cost(report["generations"], out / "cost.png")
-    tmp = out / ".report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(out / "report.json")
+    write_json_atomic(out / "report.json", report)
 
 
 def plot_samples(population, real_images, real_labels, labels, max_value: float, path: Path, per_class: int = 8) -> None:

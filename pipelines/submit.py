@@ -42,6 +42,7 @@ from typing import IO, Any, Literal
 import yaml
 
 from pipelines.config import ConfigError
+from pipelines.files import write_json_atomic
 
 JobKind = Literal["synthesize", "audit"]
 JOBS: tuple[str, ...] = ("synthesize", "audit")
@@ -413,7 +414,5 @@ def fetch_report(job_id: str, address: str | None = None, dest: str | Path | Non
     if dest is not None:
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        tmp.write_text(json.dumps(report, indent=2))
-        tmp.replace(dest)
+        write_json_atomic(dest, report)
     return report

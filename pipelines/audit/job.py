@@ -33,7 +33,6 @@ the task that already holds it.
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
 import os
 import shutil
@@ -51,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from pipelines.config import ConfigError, apply_overrides
 from pipelines.data import load_heldout, load_private
+from pipelines.files import atomic_open, write_json_atomic, write_text_atomic
 
 #: Paradigms provided by ``actors.paradigms`` (``PARADIGMS[kind].train``), when installed.
 EXTERNAL_KINDS = ("coreset", "distill", "dfkd", "diffusion")
@@ -333,14 +333,8 @@ def _pe_overrides(paradigm: ParadigmConfig, config: AuditConfig, seed: int, data
 
 
 def _savez_atomic(path: Path, **arrays: Any) -> None:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(buffer.getvalue())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic_open(path) as fh:
+        np.savez(fh, **arrays)
 
 
 def train_chunk(config_json: dict[str, Any], index: int, runs: list[int], out_dir: str,
@@ -615,7 +609,7 @@ def run_audit(config: AuditConfig, out_dir: Path, *, source: str = "config", pro
     report = reduce_audit(config, out_dir, data)
     report["timing"] = {"wall_seconds": time.perf_counter() - wall0, "chunks_trained": n_total,
                         "runs_reused": skipped}
-    _write_json_atomic(out_dir / "report.json", report)
+    write_json_atomic(out_dir / "report.json", report)
     return report
 
 
@@ -627,9 +621,7 @@ def _prepare_directory(config: AuditConfig, out_dir: Path) -> AuditData:
     private_dir.mkdir(mode=0o700, exist_ok=True)
     os.chmod(private_dir, 0o700)
     config_json = config.model_dump(mode="json")
-    tmp = out_dir / ".config.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(config_json, sort_keys=False))
-    tmp.replace(out_dir / "config.yaml")
+    write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(config_json, sort_keys=False))
     data = prepare_data(config)
     np.save(private_dir / "canary_rows.npy", data.canary_rows)  # indices into the private set: private
     np.save(out_dir / "membership.npy", paired_membership(config.canaries.count, config.runs, config.seed))
@@ -701,12 +693,6 @@ def _pe_concurrency(config: AuditConfig, cluster: dict[str, float], source: str 
                                       f"Ray instance has {float(cluster.get(kind, 0.0)):g}; lower its resources")
                 limit = fit if limit is None else min(limit, fit)
     return max(1, limit or 1)
-
-
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(path)
 
 
 # --------------------------------------------------------------------------- the reduce step
@@ -907,7 +893,7 @@ def reduce_audit(config: AuditConfig, out_dir: Path, data: AuditData | None = No
         tables.append(_score_table(name, levels, membership, stat))
     table = pa.concat_tables(tables)
     pq.write_table(table, out_dir / "scores.parquet")
-    _write_json_atomic(out_dir / "seeds.json", {
+    write_json_atomic(out_dir / "seeds.json", {
         "audit_seed": config.seed,
         "canaries": "drawn from SeedSequence([seed, canary key])",
         "membership": "complementary pairs of runs; pair p seeded by SeedSequence([seed, membership key, p])",

@@ -35,19 +35,20 @@ This module imports numpy only (and the sibling privacy modules).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from pipelines.files import fsync_dir as _fsync_dir
+from pipelines.files import write_bytes_atomic as _atomic_write
 
 from .accounting import DEFAULT_EPS_ERROR, EpsilonBound, epsilon_spent
 from .mechanism import NOISE_SOURCES, positive_finite
@@ -134,30 +135,6 @@ class RepairResult:
     truncated_bytes: int = 0
     adopted: tuple[ReleaseRecord, ...] = ()
     removed: tuple[str, ...] = ()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path``: a crash leaves either the old file or the whole new one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
 
 
 class PrivacyLedger:
