@@ -36,9 +36,8 @@ import argparse
 import contextlib
 import json
 import math
-import platform
+import os
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -73,50 +72,44 @@ class _Clock:
 
 
 class BusySampler:
-    """Mean NVML GPU utilisation over a block (None where NVML is not available)."""
+    """Fraction of a block's wall time the GPU was busy: the run's own NVML metering
+    (:class:`pipelines.metering.UtilizationSampler`); None where NVML is not available."""
 
-    def __init__(self, device: str, interval: float = 0.02) -> None:
-        self.interval = interval
-        self.handle = None
+    def __init__(self, device: str) -> None:
+        self.sampler = None
         if device.startswith("cuda"):
             try:
-                import pynvml
+                from pipelines.metering import UtilizationSampler, nvml_reader
 
-                pynvml.nvmlInit()
                 index = int(device.split(":", 1)[1]) if ":" in device else 0
-                self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-                self.nvml = pynvml
+                visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # torch's index counts these entries
+                entry = visible.split(",")[index] if visible else str(index)
+                self.sampler = UtilizationSampler(nvml_reader(entry), interval=0.02)
             except Exception:  # noqa: BLE001 - NVML missing or no permission: report no utilisation
-                self.handle = None
+                self.sampler = None
 
     @contextlib.contextmanager
     def sample(self, out: dict[str, Any], key: str = "gpu_busy_fraction"):
-        if self.handle is None:
+        if self.sampler is None:
             out[key] = None
             yield
             return
-        samples: list[float] = []
-        stop = threading.Event()
-
-        def loop() -> None:
-            while not stop.is_set():
-                samples.append(self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu / 100.0)
-                stop.wait(self.interval)
-
-        thread = threading.Thread(target=loop, daemon=True)
-        thread.start()
+        start = self.sampler.open()
         try:
             yield
         finally:
-            stop.set()
-            thread.join()
-            out[key] = float(np.mean(samples)) if samples else None
+            busy = self.sampler.close(start)
+            wall = time.perf_counter() - start  # the sampler's clock
+            out[key] = busy / wall if wall > 0 else None
 
 
 def _machine(device: str) -> dict[str, Any]:
+    """The harness's machine description, plus the GPU (name, memory, CUDA, driver)."""
     import torch
 
-    info: dict[str, Any] = {"device": device, "torch": torch.__version__, "python": platform.python_version()}
+    from benchmarks.common import machine
+
+    info: dict[str, Any] = {**machine(), "device": device, "torch": torch.__version__}
     if device.startswith("cuda"):
         props = torch.cuda.get_device_properties(device)
         info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
@@ -129,9 +122,8 @@ def _machine(device: str) -> dict[str, Any]:
     else:
         info["gpu"] = None
         info["cpu_threads"] = torch.get_num_threads()
-    for name in ("diffusers", "faiss"):
-        with contextlib.suppress(ImportError):
-            info[name] = __import__(name).__version__
+    with contextlib.suppress(ImportError):
+        info["diffusers"] = __import__("diffusers").__version__
     return info
 
 

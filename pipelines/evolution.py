@@ -36,6 +36,7 @@ import numpy as np
 from actors.generators.base import SampleBatch
 from pipelines.config import ConfigError, RunConfig, dump_config, load_config
 from pipelines.data import DatasetInfo, dataset_info, load_heldout, read_synthetic, synthetic_table, write_parquet_atomic
+from pipelines.files import write_json_atomic as _write_json_atomic
 from pipelines.histogram import degree_schedule, select_parents, sensitivity, threshold_counts, weighted_votes
 from pipelines.metering import ActorUsage, GenerationMeter, MeteredRay, role_totals
 from pipelines.metrics import downstream_accuracy, frechet_distance, private_reference_accuracy
@@ -568,8 +569,10 @@ class Synthesis:
         ray = actors.ray
         lookahead = self.config.vote.lookahead
         parts: dict[int, list[Any]] = {}
+        class_bytes: dict[int, int] = {}
         for label in self.labels:
             rows = population.class_rows(label)
+            class_bytes[label] = len(rows) * self._sample_bytes() * max(1, lookahead)
             if lookahead > 0:
                 parts[label] = []
                 for j, (a, b) in enumerate(_shards(len(rows), self.config.population.shard_size)):
@@ -578,9 +581,6 @@ class Synthesis:
                     parts[label].append(actors.generator().lookahead.remote(shard, degree, lookahead, seed))
             else:
                 parts[label] = [ray.put(population.batch.samples[rows])]
-        class_bytes = {
-            label: len(population.class_rows(label)) * self._sample_bytes() * max(1, lookahead) for label in self.labels
-        }
         calls: list[tuple[int, list[int], list[Any]]] = []
         for v in range(len(actors.voters)):
             size = 0
@@ -814,15 +814,6 @@ class Synthesis:
         report = build_report(self, population, state, baselines, wall, ray_start)
         write_outputs(self, population, report)
         return report
-
-
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def synthesize(

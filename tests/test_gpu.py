@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_knn import brute_force
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-def _brute_force(queries, database, k):
-    d2 = ((queries[:, None, :].astype(np.float64) - database[None, :, :]) ** 2).sum(-1)
-    return np.argsort(d2, axis=1, kind="stable")[:, :k]
 
 
 @pytest.mark.parametrize("backend", ["torch", "faiss"])
@@ -29,7 +25,7 @@ def test_gpu_knn_matches_brute_force(backend, chunks):
     database = rng.normal(size=(500, 32)).astype(np.float32)
     for k in (1, 5):
         got = exact_knn(queries, database, k, backend=backend, query_chunk=chunks[0], db_chunk=chunks[1], device="cuda")
-        np.testing.assert_array_equal(got, _brute_force(queries, database, k))
+        np.testing.assert_array_equal(got, brute_force(queries, database, k))
 
 
 def test_gpu_voter_histograms_equal_the_cpu_voter():

@@ -49,6 +49,17 @@ def _int_labels(labels: np.ndarray, field: str = "labels") -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
+def _even_runs(n_runs: int) -> int:
+    """``n_runs`` as a positive even int (an odd count cannot put every canary in exactly half)."""
+    n_runs = _positive_int(n_runs, "n_runs")
+    if n_runs % 2:
+        raise ValueError(
+            f"n_runs: expected an even number of runs so every canary is in exactly half of them,"
+            f" got {n_runs}"
+        )
+    return n_runs
+
+
 def balanced_membership(n_canaries: int, n_runs: int, rng: np.random.Generator) -> np.ndarray:
     """Membership matrix, bool ``(n_runs, n_canaries)``: each canary in exactly half the runs.
 
@@ -56,12 +67,7 @@ def balanced_membership(n_canaries: int, n_runs: int, rng: np.random.Generator) 
     (an odd count cannot be split in half; refused rather than silently unbalanced).
     """
     n_canaries = _positive_int(n_canaries, "n_canaries")
-    n_runs = _positive_int(n_runs, "n_runs")
-    if n_runs % 2:
-        raise ValueError(
-            f"n_runs: expected an even number of runs so every canary is in exactly half of them,"
-            f" got {n_runs}"
-        )
+    n_runs = _even_runs(n_runs)
     # The ranks of i.i.d. uniforms down each column are a uniform random permutation of the runs;
     # the runs ranked in the lower half are the ones the canary is in.
     ranks = np.argsort(rng.random((n_runs, n_canaries)), axis=0)
@@ -131,12 +137,7 @@ def paired_membership(n_canaries: int, n_runs: int, seed: int, first_pair: int =
     ``first_pair`` skips the first pairs (rows for runs ``2 * first_pair`` onwards).
     """
     n_canaries = _positive_int(n_canaries, "n_canaries")
-    n_runs = _positive_int(n_runs, "n_runs")
-    if n_runs % 2:
-        raise ValueError(
-            f"n_runs: expected an even number of runs so every canary is in exactly half of them,"
-            f" got {n_runs}"
-        )
+    n_runs = _even_runs(n_runs)
     rows = []
     for pair in range(int(first_pair), int(first_pair) + n_runs // 2):
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), _MEMBERSHIP_KEY, pair]))
