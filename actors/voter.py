@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from actors.embedders import make_embedder
+from actors.generators.base import SampleBatch  # imported here, not at the first vote: it arrives in vote_batches
 from actors.knn import exact_knn
 from actors.threads import limit_threads
 from pipelines.data import load_private
@@ -161,6 +162,13 @@ class VoterShard:
             del parts
             counts[label] = self._vote_class(label, synthetic)
         return counts
+
+    def vote_batches(self, labels: Sequence[int], *batches: SampleBatch) -> dict[int, np.ndarray]:
+        """``vote_counts`` on whole generator outputs: each class of ``labels`` votes on its
+        rows of ``batches``, in batch order (so its bins follow the population's row order)."""
+        labels = [int(label) for label in labels]
+        return self.vote_counts(labels, *[np.concatenate([b.samples[b.labels == label] for b in batches])
+                                          for label in labels])
 
     def _vote_class(self, label: int, synthetic: np.ndarray) -> np.ndarray:
         n = len(synthetic)

@@ -119,13 +119,18 @@ class LocalActors:
     def wait_ready(self) -> None:
         return None
 
-    def stats(self):
+    def request_stats(self):
+        return [actor.stats() for actor in [*self._workers, *self._voters]]
+
+    def collect_stats(self, requests):
         from pipelines.metering import ActorUsage
 
         res = self.config.resources
-        out = [ActorUsage("generators", w.stats()["sections"], res.generator_cpus, 0.0) for w in self._workers]
-        out += [ActorUsage("voters", v.stats()["sections"], res.voter_cpus, 0.0) for v in self._voters]
-        return out
+        roles = [("generators", res.generator_cpus)] * len(self._workers) + [("voters", res.voter_cpus)] * len(self._voters)
+        return [ActorUsage(role, s["sections"], cpus, 0.0) for (role, cpus), s in zip(roles, requests)]
+
+    def stats(self):
+        return self.collect_stats(self.request_stats())
 
     def shutdown(self) -> None:
         return None

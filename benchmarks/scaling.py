@@ -9,7 +9,9 @@ stage's driver wall time, over the variation generations 1..T-1 (generation 0 ho
 actor start-up and the simulator's first-use set-up; the final generation is small).
 
 ``speedup_2_over_1`` = throughput with 2 actors / throughput with 1. Whole-generation
-throughput (samples per second of generation wall) is reported beside it.
+throughput (samples per second of generation wall) is reported beside it. Each count
+runs three times, alternating, and the fastest run of each is kept (the machine may
+be shared; a slow run is noise from outside, a fast one is not).
 """
 
 from __future__ import annotations
@@ -65,10 +67,15 @@ def run(results_dir: Path, quick: bool = False) -> dict[str, Any]:
         cores = os.cpu_count() or 1
     counts = sorted({1, 2, *([cores] if cores > 2 else [])})
     per_class, generations = (300, 2) if quick else (5000, 3)
-    rows = []
+    repeats = 1 if quick else 3
+    best: dict[int, dict[str, Any]] = {}
     with local_ray(max(2, cores)), quiet_insecure_noise(), tempfile.TemporaryDirectory() as tmp:
-        for n in counts:
-            rows.append(measure(n, per_class, generations, Path(tmp) / f"actors{n}"))
+        for r in range(repeats):  # alternating the actor counts; the fastest of each is kept
+            for n in counts:
+                row = measure(n, per_class, generations, Path(tmp) / f"actors{n}-{r}")
+                if n not in best or row["generate_seconds"] < best[n]["generate_seconds"]:
+                    best[n] = row
+    rows = [best[n] for n in counts]
     by = {r["generator_actors"]: r for r in rows}
     speedup = by[2]["generate_samples_per_second"] / by[1]["generate_samples_per_second"]
     result = {
@@ -77,7 +84,8 @@ def run(results_dir: Path, quick: bool = False) -> dict[str, Any]:
         "setting": {
             "config": f"configs/digits.yaml, {per_class} samples per class per generation, {generations} generations, "
                       "shards of 1,000 rows, one voter shard, BLAS at one thread in every process",
-            "measure": "generate-stage samples per second of driver wall, generations 1..T-1",
+            "measure": "generate-stage samples per second of driver wall, generations 1..T-1; "
+                       f"fastest of {repeats} runs per actor count, alternating",
         },
         "rows": rows,
         "speedup_2_over_1": speedup,

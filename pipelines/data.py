@@ -594,6 +594,10 @@ def read_synthetic(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.nda
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    """Write ``table`` to ``path`` so that a crash leaves either the old file or the new one."""
+    """Write ``table`` to ``path`` so that a crash leaves either the old file or the new one.
+
+    No dictionary encoding: generator params and pixels are floats that almost never
+    repeat, and trying a dictionary first was half the cost of a checkpoint.
+    """
     with atomic_open(path) as fh:
-        pq.write_table(table, fh)
+        pq.write_table(table, fh, use_dictionary=False)

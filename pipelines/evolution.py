@@ -14,7 +14,8 @@ The driver holds no private data. Each generation t = 1..T it
    fixed size, each with a seed derived from (run seed, generation, stage, class,
    shard): a retried shard, a resumed run, or a different number of actors gives
    the same samples;
-5. checkpoints S_t and the metrics so far.
+5. checkpoints S_t and the metrics so far, at the start of generation t + 1 while
+   the voters vote on S_t (before release t + 1 is drawn).
 
 ``--resume`` continues from the last checkpoint; a release found in the ledger is
 loaded, never drawn again.
@@ -22,6 +23,7 @@ loaded, never drawn again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -80,6 +82,10 @@ class Population:
     parent_ids: np.ndarray
     generation: np.ndarray
     batch: SampleBatch
+    # Where the generator actors left it: (object ref of a SampleBatch, the labels in it),
+    # in row order. The vote passes these refs on, so voters read the samples from the
+    # object store instead of the driver putting them again. None when loaded from disk.
+    parts: list[tuple[Any, frozenset[int]]] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -437,14 +443,20 @@ class _Actors:
 
     def stats(self) -> list[ActorUsage]:
         """Each actor's metering since the last call, with the CPUs and GPUs it holds."""
+        return self.collect_stats(self.request_stats())
+
+    def request_stats(self) -> list[Any]:
+        """Ask every actor for its metering so far (after the calls already sent it); see ``collect_stats``."""
+        return [actor.stats.remote() for actor in [*self.generators, *self.voters]]
+
+    def collect_stats(self, requests: list[Any]) -> list[ActorUsage]:
         res = self.config.resources
-        roles = [("generators", g, res.generator_cpus, res.generator_gpus) for g in self.generators]
-        roles += [("voters", v, res.voter_cpus, res.voter_gpus) for v in self.voters]
-        stats = self.ray.get([actor.stats.remote() for _, actor, _, _ in roles])
+        roles = [("generators", res.generator_cpus, res.generator_gpus)] * len(self.generators)
+        roles += [("voters", res.voter_cpus, res.voter_gpus)] * len(self.voters)
         return [
             ActorUsage(role=role, sections=s["sections"], cpus=cpus, gpus=gpus, device=s.get("device"),
                        gpu_busy_measured=s["gpu_busy_measured"])
-            for (role, _, cpus, gpus), s in zip(roles, stats)
+            for (role, cpus, gpus), s in zip(roles, self.ray.get(requests))
         ]
 
     def shutdown(self) -> None:
@@ -473,6 +485,58 @@ def merge_vote_counts(results: list[dict[int, np.ndarray]], labels: tuple[int, .
 
 def _shards(n: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+@dataclass
+class _OpenMetering:
+    """A generation whose actors' metering was requested at its end and is not yet in."""
+
+    meter: GenerationMeter
+    requests: list[Any]
+    record: dict[str, Any]
+    wall_seconds: float
+
+    def finish(self, actors: _Actors) -> None:
+        usage = actors.collect_stats(self.requests)
+        self.record["actors"] = role_totals(usage)
+        self.record["metering"] = self.meter.finish(usage, self.record["samples"], self.wall_seconds)
+        self.record["wall_seconds"] = self.wall_seconds
+
+
+class CheckpointWriter:
+    """Writes checkpoints on a background thread, one at a time and in order.
+
+    ``submit`` waits for the write before it, freezes the state as JSON text, and
+    starts the next; ``wait`` joins the write in flight and returns the seconds it
+    took (None if none was in flight), raising its error if it failed.
+    """
+
+    def __init__(self, save: Callable[[Population, str], None]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._save = save
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._pending: Any = None
+
+    def submit(self, population: Population, state: dict[str, Any]) -> None:
+        self.wait()
+        text = json.dumps(state, indent=2)
+        self._pending = self._pool.submit(self._timed, population, text)
+
+    def _timed(self, population: Population, text: str) -> float:
+        start = time.perf_counter()
+        self._save(population, text)
+        return time.perf_counter() - start
+
+    def wait(self) -> float | None:
+        pending, self._pending = self._pending, None
+        return None if pending is None else pending.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 class Synthesis:
@@ -528,9 +592,10 @@ class Synthesis:
         call at most ``_CALL_BYTES`` of samples), so a generation costs a few round trips
         whatever the shard count, and the output does not depend on the grouping.
         """
-        items, meta = [], []
+        items, meta, item_labels = [], [], []
         for label in self.labels:
             for j, (a, b) in enumerate(_shards(per_class, self.config.population.shard_size)):
+                item_labels.append(label)
                 seed = derive_seed(self.config.seed, generation, stage, label, j)
                 if parents is None:
                     items.append(("random", np.full(b - a, label), 0.0, seed))
@@ -545,13 +610,16 @@ class Synthesis:
         calls = min(len(items), -(-calls // n_gen) * n_gen)  # whole rounds over the actors
         groups = [g for g in np.array_split(np.arange(len(items)), calls) if len(g)]
         refs = [actors.generators[i % n_gen].shards.remote([items[k] for k in g]) for i, g in enumerate(groups)]
-        batch = SampleBatch.concat(actors.ray.get(refs))
+        outputs = actors.ray.get(refs)
+        # One output is used as it is (read-only, in the object store, which ``parts`` holds anyway).
+        batch = outputs[0] if len(outputs) == 1 else SampleBatch.concat(outputs)
         n = len(batch)
         return Population(
             ids=generation * _ID_STRIDE + np.arange(n, dtype=np.int64),
             parent_ids=np.concatenate(meta),
             generation=np.full(n, generation, dtype=np.int64),
             batch=batch,
+            parts=[(ref, frozenset(item_labels[k] for k in g)) for ref, g in zip(refs, groups)],
         )
 
     def _sample_bytes(self) -> int:
@@ -561,18 +629,27 @@ class Synthesis:
         return 4 * int(np.prod(self.info.sample_shape))
 
     def _vote(self, actors: _Actors, population: Population, generation: int, degree: float) -> np.ndarray:
-        """The un-noised histogram over ``population`` rows (class-major). Private.
+        """The un-noised histogram over ``population`` rows (class-major). Private."""
+        return self._collect_vote(actors, self._submit_vote(actors, population, generation, degree))
+
+    def _submit_vote(self, actors: _Actors, population: Population, generation: int, degree: float) -> list[Any]:
+        """Start the vote on ``population``; returns the voters' pending results (see ``_collect_vote``).
 
         Each voter gets its classes in as few calls as fit ``_CALL_BYTES`` of synthetic
         samples, whole classes per call (a class's votes need all its synthetic samples).
+        Samples the generator actors made in this run go to the voters as the actors'
+        own object refs (``Population.parts``); others are put once per class.
         """
         ray = actors.ray
         lookahead = self.config.vote.lookahead
         parts: dict[int, list[Any]] = {}
         class_bytes: dict[int, int] = {}
+        by_ref = lookahead == 0 and population.parts is not None
         for label in self.labels:
             rows = population.class_rows(label)
             class_bytes[label] = len(rows) * self._sample_bytes() * max(1, lookahead)
+            if by_ref:
+                continue
             if lookahead > 0:
                 parts[label] = []
                 for j, (a, b) in enumerate(_shards(len(rows), self.config.population.shard_size)):
@@ -588,11 +665,23 @@ class Synthesis:
                 if not calls or calls[-1][0] != v or size + class_bytes[label] > _CALL_BYTES:
                     calls.append((v, [], []))
                     size = 0
-                calls[-1][1].extend([label] * len(parts[label]))
-                calls[-1][2].extend(parts[label])
+                if by_ref:
+                    calls[-1][1].append(label)
+                else:
+                    calls[-1][1].extend([label] * len(parts[label]))
+                    calls[-1][2].extend(parts[label])
                 size += class_bytes[label]
-        results = ray.get([actors.voters[v].vote_counts.remote(labels_, *refs_) for v, labels_, refs_ in calls])
-        return merge_vote_counts(results, self.labels, self.config.vote.k)
+        if by_ref:
+            return [
+                actors.voters[v].vote_batches.remote(labels_, *[ref for ref, held in population.parts
+                                                                 if not held.isdisjoint(labels_)])
+                for v, labels_, _ in calls
+            ]
+        return [actors.voters[v].vote_counts.remote(labels_, *refs_) for v, labels_, refs_ in calls]
+
+    def _collect_vote(self, actors: _Actors, pending: list[Any]) -> np.ndarray:
+        """Wait for a vote started by ``_submit_vote``; the un-noised histogram (class-major). Private."""
+        return merge_vote_counts(actors.ray.get(pending), self.labels, self.config.vote.k)
 
     def _release(self, raw: np.ndarray, generation: int) -> np.ndarray:
         """Noise, ledger (fsynced), then hand back the noisy histogram."""
@@ -653,22 +742,38 @@ class Synthesis:
 
     # ----------------------------------------------------------------- checkpoints
 
-    def _save_checkpoint(self, population: Population, state: dict[str, Any]) -> None:
+    def _save_checkpoint(self, population: Population, state: dict[str, Any] | str) -> None:
+        """Write S_t as ``population-<t>.parquet``, then ``state.json`` naming it (both atomic).
+
+        ``state.json`` is replaced last, so it always names a complete population file;
+        the files it no longer names are removed afterwards (kept with ``keep_populations``:
+        the audit reads every S_t).
+        """
+        if isinstance(state, str):
+            text, generation = state, json.loads(state)["generation"]
+        else:
+            text, generation = json.dumps(state, indent=2), state["generation"]
         self.checkpoint_dir.mkdir(exist_ok=True)
+        name = f"population-{generation}.parquet"
         table = population.table(self.info.max_value, png=False)  # PNG encoding was most of a checkpoint's time
-        write_parquet_atomic(table, self.checkpoint_dir / "population.parquet")
-        if self.keep_populations:
-            write_parquet_atomic(table, self.checkpoint_dir / f"population-{state['generation']}.parquet")
-        _write_json_atomic(self.checkpoint_dir / "state.json", state)
+        write_parquet_atomic(table, self.checkpoint_dir / name)
+        state_doc = json.loads(text)
+        state_doc["population_file"] = name
+        _write_json_atomic(self.checkpoint_dir / "state.json", state_doc)
+        if not self.keep_populations:
+            for old in self.checkpoint_dir.glob("population*.parquet"):
+                if old.name != name:
+                    old.unlink(missing_ok=True)
 
     def _load_checkpoint(self) -> tuple[Population, dict[str, Any]] | None:
         state_path = self.checkpoint_dir / "state.json"
         if not state_path.exists():
             return None
         state = json.loads(state_path.read_text())
-        population = Population.from_parquet(self.checkpoint_dir / "population.parquet")
+        path = self.checkpoint_dir / state.get("population_file", "population.parquet")
+        population = Population.from_parquet(path)
         if len(population) != state["population_size"]:
-            raise ValueError(f"{self.checkpoint_dir}: population.parquet does not match state.json")
+            raise ValueError(f"{path}: {len(population)} rows, but state.json says {state['population_size']}")
         return population, state
 
     # ----------------------------------------------------------------- the run
@@ -704,91 +809,127 @@ class Synthesis:
         return report
 
     def _run(self, actors: _Actors, progress: Progress, wall0: float, ray_start: float) -> dict[str, Any]:
+        """Generations 0..T (or the rest of them, on resume).
+
+        The checkpoint of S_t is written by a background thread during generation
+        t + 1 (off its critical path) and joined before that generation ends; the last
+        population is written at the end of generation T. A crash may so leave the
+        ledger up to two releases ahead of the checkpoint: a resumed run loads those
+        releases and replays their generations (seeded, so the same samples), and
+        never draws a release twice.
+        """
         cfg = self.config
         T = cfg.generations
         self.ledger.repair()
         loaded = self._load_checkpoint()
         actors.ray = ray_meter = MeteredRay(actors.ray)  # Ray get/wait/put time per stage
-        if loaded is None:
-            meter = ray_meter.meter = GenerationMeter()
-            with meter.stage("generate", progress):
-                population = self._generate(actors, _RANDOM, 0, None, cfg.population.per_class, 1.0, None)
-            with meter.stage("evaluate", progress):
-                metrics = self._evaluate(actors, population.batch.samples, population.batch.labels)
-            record = {"generation": 0, "samples": len(population), **metrics}
-            with meter.stage("checkpoint", progress):
-                record["timing"] = meter.walls()
-                state = {
-                    "generation": 0, "population_size": len(population), "elapsed_seconds": 0.0,
-                    "generations": [record],
-                }
-                self._save_checkpoint(population, state)
-            self._meter_generation(actors, meter, record)
-        else:
-            population, state = loaded
-        elapsed_before = state["elapsed_seconds"]
-        done = state["generation"]
-        released = self.ledger.generations()
-        if any(g > done + 1 or g < 1 for g in released) or released != list(range(1, len(released) + 1)):
-            raise ValueError(
-                f"{self.ledger.path}: releases {released} do not fit the checkpoint at generation {done}"
-            )
-        progress.advance(done)
-        actors.wait_ready()
-
-        for t in range(done + 1, T + 1):
-            meter = ray_meter.meter = GenerationMeter()
-            degree = float(self.degrees[t - 1])
-            if t in released:
-                noisy = self.ledger.load_release(t)
-            else:
-                with meter.stage("vote", progress):
-                    raw = self._vote(actors, population, t, degree)
-                with meter.stage("release", progress):
-                    noisy = self._release(raw, t)
-                    del raw
-                if self.after_release is not None:
-                    self.after_release(t)
-            final = t == T
-            per_class = cfg.population.final_per_class if final else cfg.population.per_class
-            with meter.stage("select", progress):
-                parents, parent_ids, positive = self._select(population, noisy, t, per_class)
-            with meter.stage("generate", progress):
-                if final and cfg.variation.final_degree == 0:
-                    n = len(parents)
-                    population = Population(
-                        ids=t * _ID_STRIDE + np.arange(n, dtype=np.int64), parent_ids=parent_ids,
-                        generation=np.full(n, t, dtype=np.int64), batch=parents,
-                    )
-                else:
-                    stage, deg = (_FINAL, cfg.variation.final_degree) if final else (_VARIATION, degree)
-                    population = self._generate(actors, stage, t, parents, per_class, deg, parent_ids)
-            record: dict[str, Any] = {"generation": t, "degree": degree, "samples": len(population),
-                                      "positive_bins_per_class": positive}
-            if cfg.evaluation.every_generation or final:
+        writer = CheckpointWriter(self._save_checkpoint)
+        # The last generation's population, state and metering, awaiting its checkpoint: its
+        # actors' metering is collected then, so fetching it costs no generation a round trip.
+        unsaved: tuple[Population, dict[str, Any], _OpenMetering] | None = None
+        try:
+            if loaded is None:
+                meter = ray_meter.meter = GenerationMeter()
+                with meter.stage("generate", progress):
+                    population = self._generate(actors, _RANDOM, 0, None, cfg.population.per_class, 1.0, None)
                 with meter.stage("evaluate", progress):
-                    record.update(self._evaluate(actors, population.batch.samples, population.batch.labels))
-            with meter.stage("checkpoint", progress):
-                record["timing"] = meter.walls()
-                record["wall_seconds"] = meter.elapsed()
+                    metrics = self._evaluate(actors, population.batch.samples, population.batch.labels)
+                record = {"generation": 0, "samples": len(population), **metrics}
+                metering = self._close_generation(actors, meter, record)
+                state = {"generation": 0, "population_size": len(population), "elapsed_seconds": 0.0,
+                         "generations": [record]}
+                unsaved = (population, state, metering)
+            else:
+                population, state = loaded
+            elapsed_before = state["elapsed_seconds"]
+            done = state["generation"]
+            released = self.ledger.generations()
+            if released != list(range(1, len(released) + 1)) or (released and len(released) < done):
+                raise ValueError(
+                    f"{self.ledger.path}: releases {released} do not fit the checkpoint at generation {done}"
+                )
+            progress.advance(done)
+            actors.wait_ready()
+
+            for t in range(done + 1, T + 1):
+                meter = ray_meter.meter = GenerationMeter()
+                degree = float(self.degrees[t - 1])
+                raw = None
+                if t not in released:
+                    with meter.stage("vote", progress):
+                        raw = self._vote(actors, population, t, degree)
+                if unsaved is not None:
+                    # After the vote, which it would slow down on a small machine; beside
+                    # the generators' work, which is most of a generation.
+                    with meter.stage("checkpoint", progress):
+                        unsaved[2].finish(actors)
+                        writer.submit(*unsaved[:2])
+                    unsaved = None
+                if raw is None:
+                    noisy = self.ledger.load_release(t)  # drawn before a crash: replayed, never redrawn
+                else:
+                    with meter.stage("release", progress):
+                        noisy = self._release(raw, t)
+                        del raw
+                    if self.after_release is not None:
+                        self.after_release(t)
+                final = t == T
+                per_class = cfg.population.final_per_class if final else cfg.population.per_class
+                with meter.stage("select", progress):
+                    parents, parent_ids, positive = self._select(population, noisy, t, per_class)
+                with meter.stage("generate", progress):
+                    if final and cfg.variation.final_degree == 0:
+                        n = len(parents)
+                        population = Population(
+                            ids=t * _ID_STRIDE + np.arange(n, dtype=np.int64), parent_ids=parent_ids,
+                            generation=np.full(n, t, dtype=np.int64), batch=parents,
+                        )
+                    else:
+                        stage, deg = (_FINAL, cfg.variation.final_degree) if final else (_VARIATION, degree)
+                        population = self._generate(actors, stage, t, parents, per_class, deg, parent_ids)
+                record: dict[str, Any] = {"generation": t, "degree": degree, "samples": len(population),
+                                          "positive_bins_per_class": positive}
+                if cfg.evaluation.every_generation or final:
+                    with meter.stage("evaluate", progress):
+                        record.update(self._evaluate(actors, population.batch.samples, population.batch.labels))
                 state = {**state, "generation": t, "population_size": len(population),
                          "elapsed_seconds": elapsed_before + time.perf_counter() - wall0,
                          "generations": [*state["generations"], record]}
-                self._save_checkpoint(population, state)
-            # Metering of generation t lands in the checkpoint of t + 1 (and in the report).
-            self._meter_generation(actors, meter, record)
-            progress.advance(t)
+                with meter.stage("checkpoint", progress):
+                    written = writer.wait()  # the write of S_{t-1}, started after this generation's vote
+                    if final:
+                        # Nothing follows to hide it behind: written now (the file holds this
+                        # record without its metering; the report has it).
+                        self._save_checkpoint(population, state)
+                if written is not None:
+                    meter.background("checkpoint", written)
+                metering = self._close_generation(actors, meter, record)
+                if final:
+                    metering.finish(actors)
+                else:
+                    unsaved = (population, state, metering)
+                progress.advance(t)
+            if unsaved is not None:  # T = 0
+                unsaved[2].finish(actors)
+                self._save_checkpoint(*unsaved[:2])
+        except BaseException:
+            with contextlib.suppress(Exception):  # the write in flight lands before the run unwinds
+                writer.close()
+            raise
+        writer.close()
 
         progress.stage("report")
         baselines = self._baselines(actors)
         wall = elapsed_before + time.perf_counter() - wall0
         return self._finish(population, state, baselines, wall, ray_start)
 
-    def _meter_generation(self, actors: _Actors, meter: GenerationMeter, record: dict[str, Any]) -> None:
-        """Collect the actors' metering of this generation into its record (see pipelines/metering.py)."""
-        usage = actors.stats()
-        record["actors"] = role_totals(usage)
-        record["metering"] = meter.finish(usage, record["samples"])
+    def _close_generation(self, actors: _Actors, meter: GenerationMeter, record: dict[str, Any]) -> _OpenMetering:
+        """End the generation: its timing into its record, its actors' metering requested.
+
+        The actors' totals are fetched by ``_OpenMetering.finish`` (see pipelines/metering.py).
+        """
+        record["timing"] = meter.walls()
+        return _OpenMetering(meter, actors.request_stats(), record, meter.elapsed())
 
     def _baselines(self, actors: _Actors) -> dict[str, Any]:
         prior = self._generate(actors, _PRIOR_BASELINE, 0, None, self.config.population.final_per_class, 1.0, None)

@@ -8,8 +8,8 @@ Two halves, both plain Python (no torch or Ray at import time):
   seconds, samples, and on a GPU actor the GPU busy seconds: the integral of the
   device's NVML utilization over the call (:class:`UtilizationSampler`). The
   driver collects each actor's totals since its last collection with
-  ``stats()`` once per generation; stages run one after another, so every
-  section belongs to exactly one stage of that generation.
+  ``stats()`` once per generation; every actor call is submitted and collected
+  within one stage, so every section belongs to exactly one stage of that generation.
 
 * :class:`GenerationMeter`, used by the driver. Each generation runs its stages
   (``generate``, ``vote``, ``release``, ``select``, ``evaluate``, ``checkpoint``)
@@ -33,7 +33,11 @@ and scheduling were free:
   parallel and each serves its calls one at a time, so the layer's work is the
   busiest actor's busy seconds;
 * a stage's work is its driver work plus the sum over its layers, capped at the
-  stage's wall (driver work that overlapped actor work is counted once).
+  stage's wall (driver work that overlapped actor work is counted once);
+* driver work on a background thread (the PE driver writes the checkpoint of
+  S_t during generation t + 1) is off the critical path: it is reported apart
+  (``background_seconds``), and only the main thread's time in its stage
+  (handing the write over, and waiting for it to land) is on the path.
 
 The *critical path* of a generation is the sum of its stages' work, and the
 *orchestration overhead* is the rest of the generation's wall time::
@@ -336,6 +340,7 @@ class GenerationMeter:
         self._clock, self._cpu_clock = clock, cpu_clock
         self.start = clock()
         self.stages: dict[str, StageTiming] = {}
+        self.background_seconds: dict[str, float] = {}
         self._current: StageTiming | None = None
 
     @contextmanager
@@ -355,6 +360,10 @@ class GenerationMeter:
             timing.driver_cpu_seconds += self._cpu_clock() - cpu0
             self._current = None
 
+    def background(self, kind: str, seconds: float) -> None:
+        """Count ``seconds`` of driver work done on a background thread, off the critical path."""
+        self.background_seconds[kind] = self.background_seconds.get(kind, 0.0) + seconds
+
     def ray_call(self, seconds: float) -> None:
         """Count ``seconds`` the driver spent in a Ray get/wait/put during the current stage."""
         if self._current is not None:
@@ -370,7 +379,7 @@ class GenerationMeter:
     def finish(self, actors: Iterable[ActorUsage], samples: int, wall_seconds: float | None = None) -> dict[str, Any]:
         """The generation's metering record (JSON-ready); ``wall_seconds`` defaults to now - start."""
         wall = self.elapsed() if wall_seconds is None else wall_seconds
-        return meter_generation(self.stages, list(actors), samples, wall)
+        return meter_generation(self.stages, list(actors), samples, wall, self.background_seconds)
 
 
 class MeteredRay:
@@ -407,7 +416,7 @@ class MeteredRay:
 
 
 def meter_generation(stages: dict[str, StageTiming], actors: list[ActorUsage], samples: int,
-                     wall_seconds: float) -> dict[str, Any]:
+                     wall_seconds: float, background: dict[str, float] | None = None) -> dict[str, Any]:
     """Critical path, overhead, and costs of one generation (see the module docstring)."""
     out_stages: dict[str, dict[str, float]] = {}
     critical_by_kind = dict.fromkeys(WORK_KINDS, 0.0)
@@ -463,7 +472,9 @@ def meter_generation(stages: dict[str, StageTiming], actors: list[ActorUsage], s
         entry["gpu_busy_seconds"] = min(entry["gpu_busy_seconds"], entry["gpu_allocated_seconds"])
         entry["gpu_idle_seconds"] = entry["gpu_allocated_seconds"] - entry["gpu_busy_seconds"]
     actor_cpu = sum(u["cpu_seconds"] for a in actors for u in a.sections.values())
-    driver_cpu = sum(t.driver_cpu_seconds for t in stages.values())  # the driver's thread
+    # the driver's main thread, and its background writes (their wall: they are CPU-bound)
+    background = dict(background or {})
+    driver_cpu = sum(t.driver_cpu_seconds for t in stages.values()) + sum(background.values())
     setup = {role: sum(u["wall_seconds"] for a in actors if a.role == role
                        for s, u in a.sections.items() if SECTION_STAGE.get(s) is None) for role in ROLES}
     gpu_hours = gpu_allocated / 3600.0
@@ -484,6 +495,7 @@ def meter_generation(stages: dict[str, StageTiming], actors: list[ActorUsage], s
         "gpu_hours": gpu_hours,
         "gpu_hours_per_1000_samples": gpu_hours / samples * 1000.0 if samples > 0 else 0.0,
         "setup_seconds": setup,
+        "background_seconds": background,
     }
 
 

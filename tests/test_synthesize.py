@@ -107,6 +107,48 @@ def test_resumed_run_equals_uninterrupted_run(reference_run, tmp_path, ray_sessi
     assert PrivacyLedger(run_dir).generations() == [1, 2, 3]
 
 
+def test_ledger_two_releases_ahead_of_the_checkpoint_replays_them(reference_run, tmp_path, ray_session, monkeypatch):
+    """A crash while S_1's background write is in flight: releases 1 and 2 are replayed, not redrawn."""
+    from pipelines.evolution import Synthesis
+
+    run_dir = tmp_path / "run"
+    save = Synthesis._save_checkpoint
+
+    def lose_generation_1(self, population, state):
+        if json.loads(state)["generation"] == 1 if isinstance(state, str) else state["generation"] == 1:
+            return  # the write of S_1 never lands
+        save(self, population, state)
+
+    def crash_after(generation):
+        if generation == 2:
+            raise Crash()
+
+    monkeypatch.setattr(Synthesis, "_save_checkpoint", lose_generation_1)
+    with pytest.raises(Crash):
+        synthesize(small_config(), run_dir, insecure_noise_seed=NOISE_SEED, after_release=crash_after)
+    monkeypatch.setattr(Synthesis, "_save_checkpoint", save)
+    assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["generation"] == 0
+    assert PrivacyLedger(run_dir).generations() == [1, 2]
+    releases = [PrivacyLedger(run_dir).load_release(t) for t in (1, 2)]
+
+    # other noise on resume: a redrawn release would show in the ledger and the samples
+    synthesize(small_config(), run_dir, resume=True, insecure_noise_seed=NOISE_SEED + 1)
+    ledger = PrivacyLedger(run_dir)
+    assert ledger.generations() == [1, 2, 3]
+    for t, release in zip((1, 2), releases):
+        np.testing.assert_array_equal(ledger.load_release(t), release)
+    ref, got = synthetic_rows(reference_run.run_dir), synthetic_rows(run_dir)
+    assert got["id"] == ref["id"] and got["label"] == ref["label"]
+
+
+def test_checkpoints_keep_one_population_file_named_by_the_state(reference_run):
+    checkpoint = reference_run.run_dir / "checkpoint"
+    state = json.loads((checkpoint / "state.json").read_text())
+    assert state["generation"] == small_config().generations
+    assert sorted(p.name for p in checkpoint.glob("*.parquet")) == [state["population_file"]]
+    assert pq.read_table(checkpoint / state["population_file"]).num_rows == state["population_size"]
+
+
 def test_resume_refuses_a_changed_privacy_setting(reference_run):
     ledger_before = (reference_run.run_dir / "ledger.jsonl").read_bytes()
     with pytest.raises(ConfigError) as info:
