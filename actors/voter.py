@@ -163,12 +163,17 @@ class VoterShard:
             counts[label] = self._vote_class(label, synthetic)
         return counts
 
-    def vote_batches(self, labels: Sequence[int], *batches: SampleBatch) -> dict[int, np.ndarray]:
+    def vote_batches(self, labels: Sequence[int], *batches: SampleBatch, tag: int | None = None) -> dict[int, np.ndarray]:
         """``vote_counts`` on whole generator outputs: each class of ``labels`` votes on its
-        rows of ``batches``, in batch order (so its bins follow the population's row order)."""
+        rows of ``batches``, in batch order (so its bins follow the population's row order).
+
+        ``tag``: the generation whose release the counts are for; the metering counts the
+        work there, whenever it runs (the driver sends this call ahead, while S_t is made).
+        """
         labels = [int(label) for label in labels]
-        return self.vote_counts(labels, *[np.concatenate([b.samples[b.labels == label] for b in batches])
-                                          for label in labels])
+        with self._meter.tagged(tag):
+            return self.vote_counts(labels, *[np.concatenate([b.samples[b.labels == label] for b in batches])
+                                              for label in labels])
 
     def _vote_class(self, label: int, synthetic: np.ndarray) -> np.ndarray:
         n = len(synthetic)

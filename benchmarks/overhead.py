@@ -12,12 +12,15 @@ in the plain process the very same classes are called directly, without Ray.
 Measured at demo size (100 samples per class and generation) and at 10x (1,000):
 
 * ``overhead_fraction`` (at 10x): ``1 - plain / ray`` of the summed generation wall
-  times over generations 1..T (generation 0 holds actor start-up, reported apart);
+  times over generations 1..T (generation 0 holds actor start-up, reported apart),
+  each generation's time the fastest of its repeats;
 * ``metered_overhead_fraction``: the Ray run's own report, overhead / wall over the
   same generations (``pipelines/metering.py``: wall minus the critical path).
 
-Each size runs ``repeats`` times alternating Ray and plain; the fastest of each is kept
-(the machine may be shared).
+Each size runs three times alternating Ray and plain. Every repeat does the same work
+generation by generation, so each generation's fastest repeat is kept (the machine may
+be shared: a slow repeat is another tenant's work, a fast one is not); the fastest
+whole runs are compared too.
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ class _Handle:
 
 class _NoRay:
     """The few Ray calls the driver makes, done in-process: put/get are identities."""
+
+    in_process = True  # actor calls run right here: they are work, not dispatch (see MeteredRay)
 
     @staticmethod
     def put(value):
@@ -127,7 +132,7 @@ class LocalActors:
 
         res = self.config.resources
         roles = [("generators", res.generator_cpus)] * len(self._workers) + [("voters", res.voter_cpus)] * len(self._voters)
-        return [ActorUsage(role, s["sections"], cpus, 0.0) for (role, cpus), s in zip(roles, requests)]
+        return [ActorUsage(role, s["sections"], cpus, 0.0, tagged=s["tagged"]) for (role, cpus), s in zip(roles, requests)]
 
     def stats(self):
         return self.collect_stats(self.request_stats())
@@ -209,7 +214,7 @@ def sizes(quick: bool) -> list[dict[str, Any]]:
 
 
 def run(results_dir: Path, quick: bool = False) -> dict[str, Any]:
-    repeats = 1 if quick else 2
+    repeats = 1 if quick else 3
     rows = []
     with local_ray(2) as _, quiet_insecure_noise(), tempfile.TemporaryDirectory() as tmp:
         for size in sizes(quick):
@@ -221,22 +226,35 @@ def run(results_dir: Path, quick: bool = False) -> dict[str, Any]:
             ]
             config = demo_config(overrides)
             best: dict[str, dict[str, Any]] = {}
+            every: dict[str, list[dict[str, Any]]] = {"ray": [], "plain": []}
             dirs = {}
             for r in range(repeats):
                 for mode, fn in (("ray", run_ray), ("plain", run_plain)):
                     run_dir = Path(tmp) / f"{size['name']}-{mode}-{r}"
                     summary = _summary(fn(config, run_dir))
+                    every[mode].append(summary)
                     if mode not in best or summary["generation_wall_seconds"] < best[mode]["generation_wall_seconds"]:
                         best[mode], dirs[mode] = summary, run_dir
-            ray_wall = best["ray"]["generation_wall_seconds"]
-            plain_wall = best["plain"]["generation_wall_seconds"]
+            for mode, runs in every.items():
+                # Every repeat does the same work, generation by generation (same seeds): each
+                # generation's fastest repeat filters out what other tenants of the machine did.
+                fastest = [min(walls) for walls in zip(*(run["per_generation_wall_seconds"] for run in runs))]
+                best[mode]["per_generation_fastest_wall_seconds"] = fastest
+                best[mode]["fastest_generation_wall_seconds"] = sum(fastest)
+                best[mode]["repeat_generation_wall_seconds"] = [run["generation_wall_seconds"] for run in runs]
+                best[mode]["repeat_metered_overhead_fraction"] = [run["metered_overhead_fraction"] for run in runs]
+            ray_wall = best["ray"]["fastest_generation_wall_seconds"]
+            plain_wall = best["plain"]["fastest_generation_wall_seconds"]
             rows.append({
                 **size,
                 "samples_per_generation": size["per_class"] * 10,
                 "ray": best["ray"],
                 "plain": best["plain"],
                 "overhead_fraction": 1.0 - plain_wall / ray_wall if ray_wall > 0 else 0.0,
-                "metered_overhead_fraction": best["ray"]["metered_overhead_fraction"],
+                "overhead_fraction_fastest_run": 1.0 - (best["plain"]["generation_wall_seconds"]
+                                                        / best["ray"]["generation_wall_seconds"]),
+                "metered_overhead_fraction": min(every["ray"], key=lambda run: run["generation_wall_seconds"])[
+                    "metered_overhead_fraction"],
                 "same_output": _same_output(dirs["ray"], dirs["plain"]),
             })
     head = rows[-1]
@@ -250,7 +268,9 @@ def run(results_dir: Path, quick: bool = False) -> dict[str, Any]:
                       "generation (logreg); BLAS and OpenMP at one thread in the driver, the actors and the "
                       "plain process alike",
             "repeats": repeats,
-            "measure": "sum of generation wall seconds over generations 1..T; fastest of the repeats",
+            "measure": "sum over generations 1..T of each generation's fastest wall seconds over the repeats "
+                       "(Ray and plain alternating); overhead_fraction_fastest_run compares the fastest whole runs "
+                       "instead; metered_overhead_fraction is the fastest Ray run's own",
         },
         "sizes": rows,
         "overhead_fraction": head["overhead_fraction"],
@@ -272,10 +292,10 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(5, 3))
     x = np.arange(len(rows))
-    ax.bar(x - 0.2, [r["plain"]["generation_wall_seconds"] for r in rows], 0.4, label="plain process")
-    ax.bar(x + 0.2, [r["ray"]["generation_wall_seconds"] for r in rows], 0.4, label="Ray")
+    ax.bar(x - 0.2, [r["plain"]["fastest_generation_wall_seconds"] for r in rows], 0.4, label="plain process")
+    ax.bar(x + 0.2, [r["ray"]["fastest_generation_wall_seconds"] for r in rows], 0.4, label="Ray")
     for i, r in enumerate(rows):
-        ax.annotate(f"{100 * r['overhead_fraction']:+.1f}%", (i + 0.2, r["ray"]["generation_wall_seconds"]),
+        ax.annotate(f"{100 * r['overhead_fraction']:+.1f}%", (i + 0.2, r["ray"]["fastest_generation_wall_seconds"]),
                     ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x, [r["name"] for r in rows])
     ax.set_ylabel("seconds, generations 1..T")

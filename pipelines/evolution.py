@@ -57,6 +57,11 @@ from pipelines.privacy import (
 _RANDOM, _VARIATION, _LOOKAHEAD, _SELECT, _FINAL, _PRIOR_BASELINE = range(6)
 _ID_STRIDE = 1 << 32
 _CALL_BYTES = 256 << 20  # samples per generator call, at most (bounds the memory of one result)
+# Generator calls per actor and generation, when each still holds _MIN_CALL_SAMPLES: the
+# first call starts while the driver still sends the others, and each call's classes are
+# voted on while the next call runs.
+_PIPELINE_CALLS = 4
+_MIN_CALL_SAMPLES = 1000
 
 # Config fields that may change when a run is resumed: they affect speed, not results.
 RESUMABLE_CHANGES = ("generators", "resources", "vote.knn_backend", "vote.query_chunk", "vote.db_chunk")
@@ -86,6 +91,9 @@ class Population:
     # in row order. The vote passes these refs on, so voters read the samples from the
     # object store instead of the driver putting them again. None when loaded from disk.
     parts: list[tuple[Any, frozenset[int]]] | None = None
+    # The vote on these samples for the next release, already sent to the voters while the
+    # generators made them (see ``Synthesis._generate``); None if it is still to be sent.
+    pending_vote: list[Any] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -455,7 +463,7 @@ class _Actors:
         roles += [("voters", res.voter_cpus, res.voter_gpus)] * len(self.voters)
         return [
             ActorUsage(role=role, sections=s["sections"], cpus=cpus, gpus=gpus, device=s.get("device"),
-                       gpu_busy_measured=s["gpu_busy_measured"])
+                       gpu_busy_measured=s["gpu_busy_measured"], tagged=s.get("tagged", {}))
             for (role, cpus, gpus), s in zip(roles, self.ray.get(requests))
         ]
 
@@ -496,8 +504,15 @@ class _OpenMetering:
     record: dict[str, Any]
     wall_seconds: float
 
-    def finish(self, actors: _Actors) -> None:
+    def finish(self, actors: _Actors, ahead: dict[int, list[tuple[int, dict[str, Any]]]]) -> None:
+        """Fetch the actors' metering; work they did ahead for later generations is kept in
+        ``ahead`` (generation -> (actor, sections)), and what was done ahead for this one is added."""
         usage = actors.collect_stats(self.requests)
+        for i, actor in enumerate(usage):
+            for tag, sections in actor.tagged.items():
+                ahead.setdefault(int(tag), []).append((i, sections))
+        for i, sections in ahead.pop(self.record["generation"], []):
+            usage[i].merge(sections)
         self.record["actors"] = role_totals(usage)
         self.record["metering"] = self.meter.finish(usage, self.record["samples"], self.wall_seconds)
         self.record["wall_seconds"] = self.wall_seconds
@@ -576,6 +591,7 @@ class Synthesis:
         self.keep_populations = keep_populations  # the audit's mechanism level needs every S_t
         self.heldout = load_heldout(config.data)
         self._heldout_embedding: np.ndarray | None = None
+        self._ahead: dict[int, list[tuple[int, dict[str, Any]]]] = {}  # actors' work done ahead, by generation
         from pipelines.embed_store import store_path
 
         n_private = sum(info.class_counts.get(label, 0) for label in labels)
@@ -584,13 +600,17 @@ class Synthesis:
     # ----------------------------------------------------------------- generation work
 
     def _generate(self, actors: _Actors, stage: int, generation: int, parents: SampleBatch | None,
-                  per_class: int, degree: float, parent_ids: np.ndarray | None) -> Population:
+                  per_class: int, degree: float, parent_ids: np.ndarray | None,
+                  vote_ahead: bool = False) -> Population:
         """Per class, ``per_class`` new samples: fresh (parents None) or variations of parents.
 
         The work is cut into shards of ``population.shard_size``, each with its own derived
         seed; consecutive shards are then grouped into a few calls per generator actor (each
-        call at most ``_CALL_BYTES`` of samples), so a generation costs a few round trips
-        whatever the shard count, and the output does not depend on the grouping.
+        call at most ``_CALL_BYTES`` of samples, up to ``_PIPELINE_CALLS``), so a generation
+        costs a few round trips whatever the shard count, and the output does not depend
+        on the grouping. With ``vote_ahead`` the vote on the new samples (for release
+        ``generation + 1``) is sent at once too: the voters take each class as soon as the
+        call that completes it is done, from the generators' own objects.
         """
         items, meta, item_labels = [], [], []
         for label in self.labels:
@@ -606,10 +626,16 @@ class Synthesis:
                     meta.append(parent_ids[rows])
         n_gen = len(actors.generators)
         total = sum(len(m) for m in meta)
-        calls = max(1, -(-total * self._sample_bytes() // _CALL_BYTES))
+        calls = max(1, -(-total * self._sample_bytes() // _CALL_BYTES),
+                    min(_PIPELINE_CALLS * n_gen, total // _MIN_CALL_SAMPLES))
         calls = min(len(items), -(-calls // n_gen) * n_gen)  # whole rounds over the actors
         groups = [g for g in np.array_split(np.arange(len(items)), calls) if len(g)]
-        refs = [actors.generators[i % n_gen].shards.remote([items[k] for k in g]) for i, g in enumerate(groups)]
+        with actors.ray.dispatch():
+            refs = [actors.generators[i % n_gen].shards.remote([items[k] for k in g]) for i, g in enumerate(groups)]
+        parts = [(ref, frozenset(item_labels[k] for k in g)) for ref, g in zip(refs, groups)]
+        pending_vote = None
+        if vote_ahead and self.config.vote.lookahead == 0:
+            pending_vote = self._submit_vote_by_ref(actors, parts, dict.fromkeys(self.labels, per_class), generation + 1)
         outputs = actors.ray.get(refs)
         # One output is used as it is (read-only, in the object store, which ``parts`` holds anyway).
         batch = outputs[0] if len(outputs) == 1 else SampleBatch.concat(outputs)
@@ -619,7 +645,8 @@ class Synthesis:
             parent_ids=np.concatenate(meta),
             generation=np.full(n, generation, dtype=np.int64),
             batch=batch,
-            parts=[(ref, frozenset(item_labels[k] for k in g)) for ref, g in zip(refs, groups)],
+            parts=parts,
+            pending_vote=pending_vote,
         )
 
     def _sample_bytes(self) -> int:
@@ -638,18 +665,19 @@ class Synthesis:
         Each voter gets its classes in as few calls as fit ``_CALL_BYTES`` of synthetic
         samples, whole classes per call (a class's votes need all its synthetic samples).
         Samples the generator actors made in this run go to the voters as the actors'
-        own object refs (``Population.parts``); others are put once per class.
+        own object refs (``Population.parts``, see ``_submit_vote_by_ref``); others are
+        put once per class.
         """
         ray = actors.ray
         lookahead = self.config.vote.lookahead
         parts: dict[int, list[Any]] = {}
         class_bytes: dict[int, int] = {}
-        by_ref = lookahead == 0 and population.parts is not None
+        if lookahead == 0 and population.parts is not None:
+            rows = {label: len(population.class_rows(label)) for label in self.labels}
+            return self._submit_vote_by_ref(actors, population.parts, rows, generation)
         for label in self.labels:
             rows = population.class_rows(label)
             class_bytes[label] = len(rows) * self._sample_bytes() * max(1, lookahead)
-            if by_ref:
-                continue
             if lookahead > 0:
                 parts[label] = []
                 for j, (a, b) in enumerate(_shards(len(rows), self.config.population.shard_size)):
@@ -665,19 +693,45 @@ class Synthesis:
                 if not calls or calls[-1][0] != v or size + class_bytes[label] > _CALL_BYTES:
                     calls.append((v, [], []))
                     size = 0
-                if by_ref:
-                    calls[-1][1].append(label)
-                else:
-                    calls[-1][1].extend([label] * len(parts[label]))
-                    calls[-1][2].extend(parts[label])
+                calls[-1][1].extend([label] * len(parts[label]))
+                calls[-1][2].extend(parts[label])
                 size += class_bytes[label]
-        if by_ref:
-            return [
-                actors.voters[v].vote_batches.remote(labels_, *[ref for ref, held in population.parts
-                                                                 if not held.isdisjoint(labels_)])
-                for v, labels_, _ in calls
-            ]
-        return [actors.voters[v].vote_counts.remote(labels_, *refs_) for v, labels_, refs_ in calls]
+        with ray.dispatch():
+            return [actors.voters[v].vote_counts.remote(labels_, *refs_) for v, labels_, refs_ in calls]
+
+    def _submit_vote_by_ref(self, actors: _Actors, parts: list[tuple[Any, frozenset[int]]],
+                            rows: dict[int, int], tag: int) -> list[Any]:
+        """Send the vote on samples still in (or on their way to) the object store.
+
+        Each voter gets, in the order the generator calls complete them, its classes
+        completed by each call (at most ``_CALL_BYTES`` of them per vote call), with the
+        refs of every call holding rows of them: Ray starts a vote call once those are
+        done. ``tag`` is the generation whose release the counts are for.
+        """
+        last = {label: i for i, (_, held) in enumerate(parts) for label in held}
+        pending = []
+        for v, voter in enumerate(actors.voters):
+            mine = [label for label in self.labels if v in actors.voters_of[label]]
+            for i in range(len(parts)):
+                chunk: list[int] = []
+                size = 0
+                for label in (lab for lab in mine if last[lab] == i):
+                    class_bytes = rows[label] * self._sample_bytes()
+                    if chunk and size + class_bytes > _CALL_BYTES:
+                        pending.append(self._vote_call(actors, voter, chunk, parts, tag))
+                        chunk, size = [], 0
+                    chunk.append(label)
+                    size += class_bytes
+                if chunk:
+                    pending.append(self._vote_call(actors, voter, chunk, parts, tag))
+        return pending
+
+    @staticmethod
+    def _vote_call(actors: _Actors, voter: Any, labels: list[int], parts: list[tuple[Any, frozenset[int]]],
+                   tag: int) -> Any:
+        refs = [ref for ref, held in parts if not held.isdisjoint(labels)]
+        with actors.ray.dispatch():
+            return voter.vote_batches.remote(labels, *refs, tag=tag)
 
     def _collect_vote(self, actors: _Actors, pending: list[Any]) -> np.ndarray:
         """Wait for a vote started by ``_submit_vote``; the un-noised histogram (class-major). Private."""
@@ -824,6 +878,8 @@ class Synthesis:
         loaded = self._load_checkpoint()
         actors.ray = ray_meter = MeteredRay(actors.ray)  # Ray get/wait/put time per stage
         writer = CheckpointWriter(self._save_checkpoint)
+        released = self.ledger.generations()
+        ahead = cfg.vote.lookahead == 0  # the vote on S_t is sent while S_t is made (see _generate)
         # The last generation's population, state and metering, awaiting its checkpoint: its
         # actors' metering is collected then, so fetching it costs no generation a round trip.
         unsaved: tuple[Population, dict[str, Any], _OpenMetering] | None = None
@@ -831,7 +887,8 @@ class Synthesis:
             if loaded is None:
                 meter = ray_meter.meter = GenerationMeter()
                 with meter.stage("generate", progress):
-                    population = self._generate(actors, _RANDOM, 0, None, cfg.population.per_class, 1.0, None)
+                    population = self._generate(actors, _RANDOM, 0, None, cfg.population.per_class, 1.0, None,
+                                                vote_ahead=ahead and T >= 1 and 1 not in released)
                 with meter.stage("evaluate", progress):
                     metrics = self._evaluate(actors, population.batch.samples, population.batch.labels)
                 record = {"generation": 0, "samples": len(population), **metrics}
@@ -843,7 +900,6 @@ class Synthesis:
                 population, state = loaded
             elapsed_before = state["elapsed_seconds"]
             done = state["generation"]
-            released = self.ledger.generations()
             if released != list(range(1, len(released) + 1)) or (released and len(released) < done):
                 raise ValueError(
                     f"{self.ledger.path}: releases {released} do not fit the checkpoint at generation {done}"
@@ -857,12 +913,16 @@ class Synthesis:
                 raw = None
                 if t not in released:
                     with meter.stage("vote", progress):
-                        raw = self._vote(actors, population, t, degree)
+                        if population.pending_vote is not None:
+                            raw = self._collect_vote(actors, population.pending_vote)
+                            population.pending_vote = None  # the un-noised counts leave the object store now
+                        else:
+                            raw = self._vote(actors, population, t, degree)
                 if unsaved is not None:
                     # After the vote, which it would slow down on a small machine; beside
                     # the generators' work, which is most of a generation.
                     with meter.stage("checkpoint", progress):
-                        unsaved[2].finish(actors)
+                        unsaved[2].finish(actors, self._ahead)
                         writer.submit(*unsaved[:2])
                     unsaved = None
                 if raw is None:
@@ -886,7 +946,8 @@ class Synthesis:
                         )
                     else:
                         stage, deg = (_FINAL, cfg.variation.final_degree) if final else (_VARIATION, degree)
-                        population = self._generate(actors, stage, t, parents, per_class, deg, parent_ids)
+                        population = self._generate(actors, stage, t, parents, per_class, deg, parent_ids,
+                                                    vote_ahead=ahead and not final and t + 1 not in released)
                 record: dict[str, Any] = {"generation": t, "degree": degree, "samples": len(population),
                                           "positive_bins_per_class": positive}
                 if cfg.evaluation.every_generation or final:
@@ -905,12 +966,12 @@ class Synthesis:
                     meter.background("checkpoint", written)
                 metering = self._close_generation(actors, meter, record)
                 if final:
-                    metering.finish(actors)
+                    metering.finish(actors, self._ahead)
                 else:
                     unsaved = (population, state, metering)
                 progress.advance(t)
             if unsaved is not None:  # T = 0
-                unsaved[2].finish(actors)
+                unsaved[2].finish(actors, self._ahead)
                 self._save_checkpoint(*unsaved[:2])
         except BaseException:
             with contextlib.suppress(Exception):  # the write in flight lands before the run unwinds

@@ -8,8 +8,11 @@ Two halves, both plain Python (no torch or Ray at import time):
   seconds, samples, and on a GPU actor the GPU busy seconds: the integral of the
   device's NVML utilization over the call (:class:`UtilizationSampler`). The
   driver collects each actor's totals since its last collection with
-  ``stats()`` once per generation; every actor call is submitted and collected
-  within one stage, so every section belongs to exactly one stage of that generation.
+  ``stats()`` once per generation; every section belongs to one stage of the
+  generation it is collected in, except work done ahead for a later generation:
+  that is *tagged* with it (``ActorMeter.tagged``) and counts there. The PE
+  driver has the voters vote on S_t, for release t + 1, while the generators
+  still make the rest of S_t.
 
 * :class:`GenerationMeter`, used by the driver. Each generation runs its stages
   (``generate``, ``vote``, ``release``, ``select``, ``evaluate``, ``checkpoint``)
@@ -24,8 +27,9 @@ Definitions (what the report's numbers mean)
 and scheduling were free:
 
 * the driver's own work in a stage is the stage's driver wall time minus the
-  time the driver spent inside Ray's ``get``, ``wait`` and ``put`` (waiting for
-  actors, fetching and storing objects): building requests, merging results,
+  time the driver spent inside Ray's ``get``, ``wait`` and ``put`` and submitting
+  actor calls (waiting for actors, fetching and storing objects, serialising
+  arguments; ``MeteredRay.dispatch``): building requests, merging results,
   noise and ledger fsyncs, parquet writes, training the evaluation classifier.
   A stage with no actor work (release, select, checkpoint) is all driver work;
 * actor work runs in *layers*: generator calls, then voter calls (a voter call
@@ -46,10 +50,10 @@ The *critical path* of a generation is the sum of its stages' work, and the
 
 It holds waiting on actors beyond the busiest actor's work (scheduling latency,
 object transfer and (de)serialisation, uneven dispatch), ``ray.put``, and the
-driver's bookkeeping between stages (metering included). Task submission
-(``.remote()``) happens in driver code and counts as driver work, which is why
-the benchmark ``overhead`` suite also compares with the same work done in one
-plain process. The critical path is split by kind of work for the report: a layer's
+driver's bookkeeping between stages (metering included), and submitting calls:
+the first call of a stage delays the actors' start, and later ones run while the
+actors work. The benchmark ``overhead`` suite also compares with the same work
+done in one plain process. The critical path is split by kind of work for the report: a layer's
 work is split by the sections of its busiest actor (so the vote stage shows as
 ``lookahead``, ``embed`` and ``vote``), and the driver's work goes to its stage.
 
@@ -70,7 +74,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 # Driver stages in the order a generation runs them.
@@ -253,6 +257,17 @@ class ActorMeter:
             except Exception as exc:  # no nvidia-ml-py, no driver, MIG without utilization
                 self.gpu_error = f"{type(exc).__name__}: {exc}"
         self._sections: dict[str, SectionUsage] = {}
+        self._tagged: dict[int, dict[str, SectionUsage]] = {}
+        self._tag: int | None = None
+
+    @contextmanager
+    def tagged(self, tag: int | None) -> Iterator[None]:
+        """Sections in the block belong to generation ``tag`` whenever they run (see ``stats``)."""
+        previous, self._tag = self._tag, tag
+        try:
+            yield
+        finally:
+            self._tag = previous
 
     @contextmanager
     def section(self, name: str, samples: int = 0) -> Iterator[_Section]:
@@ -278,19 +293,23 @@ class ActorMeter:
                     usage.gpu_busy_seconds = min(self._sampler.close(gpu_start), usage.wall_seconds)
                 except Exception as exc:
                     self.gpu_error = f"{type(exc).__name__}: {exc}"
-            self._sections.setdefault(name, SectionUsage()).add(usage)
+            into = self._sections if self._tag is None else self._tagged.setdefault(self._tag, {})
+            into.setdefault(name, SectionUsage()).add(usage)
 
     def stats(self) -> dict[str, Any]:
         """Per-section totals since the last call, plus the legacy role totals (cpu and busy seconds)."""
         sections = {name: usage.as_dict() for name, usage in self._sections.items()}
-        self._sections = {}
+        tagged = {tag: {name: usage.as_dict() for name, usage in group.items()} for tag, group in self._tagged.items()}
+        self._sections, self._tagged = {}, {}
+        every = [*sections.values(), *(u for group in tagged.values() for u in group.values())]
         return {
             "sections": sections,
+            "tagged": tagged,
             "gpu": self.gpu,
             "gpu_busy_measured": self._sampler is not None,
             "device": os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0] or None if self.gpu else None,
-            "cpu_seconds": float(sum(s["cpu_seconds"] for s in sections.values())),
-            "busy_seconds": float(sum(s["wall_seconds"] for s in sections.values())),
+            "cpu_seconds": float(sum(s["cpu_seconds"] for s in every)),
+            "busy_seconds": float(sum(s["wall_seconds"] for s in every)),
         }
 
 
@@ -320,6 +339,14 @@ class ActorUsage:
     gpus: float = 0.0
     device: str | None = None  # GPUs shared by actors on one device are capped together
     gpu_busy_measured: bool = True
+    tagged: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)  # sections by generation
+
+    def merge(self, sections: dict[str, dict[str, float]]) -> None:
+        """Add another set of sections (e.g. work done ahead for this generation) to this actor's."""
+        for name, usage in sections.items():
+            mine = self.sections.setdefault(name, dict.fromkeys(usage, 0.0))
+            for key, value in usage.items():
+                mine[key] = mine.get(key, 0.0) + value
 
 
 def role_totals(actors: Iterable[ActorUsage]) -> dict[str, dict[str, float]]:
@@ -398,6 +425,21 @@ class MeteredRay:
         start = self._clock()
         try:
             return fn(*args, **kwargs)
+        finally:
+            if self.meter is not None:
+                self.meter.ray_call(self._clock() - start)
+
+    @contextmanager
+    def dispatch(self) -> Iterator[None]:
+        """Time the enclosed ``.remote()`` calls as Ray time: submitting a call serialises its
+        arguments into the object store, a transfer like ``put``. (Where ``ray`` runs calls in
+        this process, ``in_process``, they are the work itself and stay driver work.)"""
+        if getattr(self._ray, "in_process", False):
+            yield
+            return
+        start = self._clock()
+        try:
+            yield
         finally:
             if self.meter is not None:
                 self.meter.ray_call(self._clock() - start)

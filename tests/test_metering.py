@@ -12,6 +12,7 @@ from pipelines.metering import (
     ActorMeter,
     ActorUsage,
     GenerationMeter,
+    MeteredRay,
     StageTiming,
     UtilizationSampler,
     integrate_utilization,
@@ -164,6 +165,44 @@ def test_background_driver_work_is_off_the_critical_path():
     assert beside["overhead_seconds"] == pytest.approx(plain["overhead_seconds"])
     assert beside["background_seconds"] == {"checkpoint": 0.7}
     assert beside["cpu_seconds"] == pytest.approx(plain["cpu_seconds"] + 0.7)
+
+
+def test_work_done_ahead_is_handed_over_tagged_with_its_generation():
+    clock = FakeClock()
+    meter = ActorMeter(clock=clock, cpu_clock=clock)
+    with meter.section("generate", samples=10):
+        clock.now += 1.0
+    with meter.tagged(5), meter.section("vote", samples=10):  # the vote for release 5, sent ahead
+        clock.now += 0.5
+    stats = meter.stats()
+    assert set(stats["sections"]) == {"generate"}
+    assert stats["tagged"][5]["vote"]["wall_seconds"] == pytest.approx(0.5)
+    assert stats["busy_seconds"] == pytest.approx(1.5)
+    assert meter.stats()["tagged"] == {}  # handed over once
+    usage = ActorUsage("voters", {"vote": _section(0.25, 4)})
+    usage.merge(stats["tagged"][5])
+    assert usage.sections["vote"]["wall_seconds"] == pytest.approx(0.75)
+    assert usage.sections["vote"]["samples"] == 14
+
+
+def test_submitting_actor_calls_is_ray_time_unless_they_run_in_this_process():
+    class Cluster:
+        pass
+
+    class InProcess:
+        in_process = True
+
+    for ray, expected in ((Cluster(), 0.2), (InProcess(), 0.0)):
+        clock = FakeClock()
+        metered = MeteredRay(ray, clock=clock)
+        metered.meter = GenerationMeter(clock=clock, cpu_clock=clock)
+        with metered.meter.stage("generate"):
+            with metered.dispatch():
+                clock.now += 0.2  # serialising the calls' arguments (or, in process, the work)
+            clock.now += 0.1
+        timing = metered.meter.stages["generate"]
+        assert timing.ray_seconds == pytest.approx(expected)
+        assert timing.driver_work_seconds == pytest.approx(0.3 - expected)
 
 
 def test_generation_meter_refuses_unknown_stages_and_times_known_ones():
