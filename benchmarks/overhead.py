@@ -17,7 +17,7 @@ Measured at demo size (100 samples per class and generation) and at 10x (1,000):
 * ``metered_overhead_fraction``: the Ray run's own report, overhead / wall over the
   same generations (``pipelines/metering.py``: wall minus the critical path).
 
-Each size runs three times alternating Ray and plain. Every repeat does the same work
+Each size runs five times alternating Ray and plain. Every repeat does the same work
 generation by generation, so each generation's fastest repeat is kept (the machine may
 be shared: a slow repeat is another tenant's work, a fast one is not); the fastest
 whole runs are compared too.
@@ -214,7 +214,7 @@ def sizes(quick: bool) -> list[dict[str, Any]]:
 
 
 def run(results_dir: Path, quick: bool = False) -> dict[str, Any]:
-    repeats = 1 if quick else 3
+    repeats = 1 if quick else 5
     rows = []
     with local_ray(2) as _, quiet_insecure_noise(), tempfile.TemporaryDirectory() as tmp:
         for size in sizes(quick):

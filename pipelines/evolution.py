@@ -2,23 +2,27 @@
 
 The driver holds no private data. Each generation t = 1..T it
 
-1. sends the synthetic population S_{t-1}, class by class, to the voter shards
-   (optionally as lookahead variations made by the generator actors, passed
-   actor-to-actor as Ray object references), which return un-noised vote
-   histograms;
+1. collects the voter shards' un-noised vote histograms on S_{t-1}, class by
+   class. Without lookahead the vote was sent along with the generator calls that
+   made S_{t-1}: each voter reads a class from the generators' own objects as soon
+   as the call completing it is done, so the vote runs while the rest of S_{t-1}
+   is made. With lookahead, the generator actors first make variations of S_{t-1},
+   passed actor-to-actor as Ray object references;
 2. releases the histograms through the Gaussian mechanism, with noise from OS
    entropy, and records the release in the privacy ledger (fsynced) before using
    it; the un-noised histograms are dropped right there;
-3. thresholds the noisy counts and draws parents per class;
-4. has the generator actors make S_t as variations of the parents, in shards of a
+3. hands S_{t-1} and the metrics so far to a background thread that checkpoints
+   them while this generation goes on (joined before it ends);
+4. thresholds the noisy counts and draws parents per class;
+5. has the generator actors make S_t as variations of the parents, in shards of a
    fixed size, each with a seed derived from (run seed, generation, stage, class,
    shard): a retried shard, a resumed run, or a different number of actors gives
-   the same samples;
-5. checkpoints S_t and the metrics so far, at the start of generation t + 1 while
-   the voters vote on S_t (before release t + 1 is drawn).
+   the same samples. Parents still in the object store are named by their rows,
+   not sent again.
 
 ``--resume`` continues from the last checkpoint; a release found in the ledger is
-loaded, never drawn again.
+loaded, never drawn again (up to two may be ahead of the checkpoint after a hard
+crash: their generations are replayed).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -60,7 +64,7 @@ _CALL_BYTES = 256 << 20  # samples per generator call, at most (bounds the memor
 # Generator calls per actor and generation, when each still holds _MIN_CALL_SAMPLES: the
 # first call starts while the driver still sends the others, and each call's classes are
 # voted on while the next call runs.
-_PIPELINE_CALLS = 4
+_PIPELINE_CALLS = 2
 _MIN_CALL_SAMPLES = 1000
 
 # Config fields that may change when a run is resumed: they affect speed, not results.
@@ -79,6 +83,14 @@ def noise_generator(generation: int, insecure_noise_seed: int | None) -> np.rand
     return release_rng(derive_seed(insecure_noise_seed, generation))
 
 
+class _Part(NamedTuple):
+    """One generator call's output: its object ref, the classes in it, and its row count."""
+
+    ref: Any
+    labels: frozenset[int]
+    rows: int
+
+
 @dataclass
 class Population:
     """A generation's synthetic samples, class-major, with their lineage."""
@@ -90,7 +102,7 @@ class Population:
     # Where the generator actors left it: (object ref of a SampleBatch, the labels in it),
     # in row order. The vote passes these refs on, so voters read the samples from the
     # object store instead of the driver putting them again. None when loaded from disk.
-    parts: list[tuple[Any, frozenset[int]]] | None = None
+    parts: list[_Part] | None = None
     # The vote on these samples for the next release, already sent to the voters while the
     # generators made them (see ``Synthesis._generate``); None if it is still to be sent.
     pending_vote: list[Any] | None = None
@@ -491,6 +503,21 @@ def merge_vote_counts(results: list[dict[int, np.ndarray]], labels: tuple[int, .
     return np.concatenate([weighted_votes(merged[label], min(k, len(merged[label]))) for label in labels])
 
 
+def _call_groups(n_items: int, calls: int, n_actors: int, small_tail: bool) -> list[np.ndarray]:
+    """Consecutive items cut into ``calls`` groups, served round-robin by ``n_actors``.
+
+    With ``small_tail`` the last round (one call per actor) is small: what is exposed
+    at a generation's end, the last results' transfer and the vote on their classes,
+    is then short.
+    """
+    index = np.arange(n_items)
+    tail = max(1, n_items // (8 * calls))
+    if not small_tail or calls <= n_actors or n_items - tail * n_actors < calls - n_actors:
+        return np.array_split(index, calls)
+    head = n_items - tail * n_actors
+    return [*np.array_split(index[:head], calls - n_actors), *np.array_split(index[head:], n_actors)]
+
+
 def _shards(n: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, n)) for start in range(0, n, size)]
 
@@ -601,7 +628,8 @@ class Synthesis:
 
     def _generate(self, actors: _Actors, stage: int, generation: int, parents: SampleBatch | None,
                   per_class: int, degree: float, parent_ids: np.ndarray | None,
-                  vote_ahead: bool = False) -> Population:
+                  vote_ahead: bool = False, source: Population | None = None,
+                  parent_rows: np.ndarray | None = None) -> Population:
         """Per class, ``per_class`` new samples: fresh (parents None) or variations of parents.
 
         The work is cut into shards of ``population.shard_size``, each with its own derived
@@ -610,8 +638,13 @@ class Synthesis:
         costs a few round trips whatever the shard count, and the output does not depend
         on the grouping. With ``vote_ahead`` the vote on the new samples (for release
         ``generation + 1``) is sent at once too: the voters take each class as soon as the
-        call that completes it is done, from the generators' own objects.
+        call that completes it is done, from the generators' own objects. Parents that are
+        rows ``parent_rows`` of a ``source`` population still in the object store are not
+        sent: each call gets their rows and the refs of the calls that made them.
         """
+        by_ref = parents is not None and source is not None and source.parts is not None and parent_rows is not None
+        if by_ref:
+            starts = np.cumsum([0] + [part.rows for part in source.parts])[:-1]
         items, meta, item_labels = [], [], []
         for label in self.labels:
             for j, (a, b) in enumerate(_shards(per_class, self.config.population.shard_size)):
@@ -622,17 +655,30 @@ class Synthesis:
                     meta.append(np.full(b - a, -1, dtype=np.int64))
                 else:
                     rows = np.flatnonzero(parents.labels == label)[a:b]
-                    items.append(("variation", parents.take(rows), degree, seed))
+                    if by_ref:
+                        items.append(("rows", parent_rows[rows], degree, seed))
+                    else:
+                        items.append(("variation", parents.take(rows), degree, seed))
                     meta.append(parent_ids[rows])
         n_gen = len(actors.generators)
         total = sum(len(m) for m in meta)
-        calls = max(1, -(-total * self._sample_bytes() // _CALL_BYTES),
-                    min(_PIPELINE_CALLS * n_gen, total // _MIN_CALL_SAMPLES))
+        by_bytes = max(1, -(-total * self._sample_bytes() // _CALL_BYTES))
+        calls = max(by_bytes, min(_PIPELINE_CALLS * n_gen, total // _MIN_CALL_SAMPLES))
         calls = min(len(items), -(-calls // n_gen) * n_gen)  # whole rounds over the actors
-        groups = [g for g in np.array_split(np.arange(len(items)), calls) if len(g)]
+        groups = [g for g in _call_groups(len(items), calls, n_gen, small_tail=calls > by_bytes) if len(g)]
         with actors.ray.dispatch():
-            refs = [actors.generators[i % n_gen].shards.remote([items[k] for k in g]) for i, g in enumerate(groups)]
-        parts = [(ref, frozenset(item_labels[k] for k in g)) for ref, g in zip(refs, groups)]
+            refs = []
+            for i, g in enumerate(groups):
+                generator, call_items = actors.generators[i % n_gen], [items[k] for k in g]
+                if by_ref:
+                    rows = np.concatenate([item[1] for item in call_items])
+                    used = np.unique(np.searchsorted(starts, rows, side="right") - 1)
+                    refs.append(generator.shards_from.remote(call_items, starts[used],
+                                                             *[source.parts[p].ref for p in used]))
+                else:
+                    refs.append(generator.shards.remote(call_items))
+        parts = [_Part(ref, frozenset(item_labels[k] for k in g), sum(len(meta[k]) for k in g))
+                 for ref, g in zip(refs, groups)]
         pending_vote = None
         if vote_ahead and self.config.vote.lookahead == 0:
             pending_vote = self._submit_vote_by_ref(actors, parts, dict.fromkeys(self.labels, per_class), generation + 1)
@@ -699,7 +745,7 @@ class Synthesis:
         with ray.dispatch():
             return [actors.voters[v].vote_counts.remote(labels_, *refs_) for v, labels_, refs_ in calls]
 
-    def _submit_vote_by_ref(self, actors: _Actors, parts: list[tuple[Any, frozenset[int]]],
+    def _submit_vote_by_ref(self, actors: _Actors, parts: list[_Part],
                             rows: dict[int, int], tag: int) -> list[Any]:
         """Send the vote on samples still in (or on their way to) the object store.
 
@@ -708,7 +754,7 @@ class Synthesis:
         refs of every call holding rows of them: Ray starts a vote call once those are
         done. ``tag`` is the generation whose release the counts are for.
         """
-        last = {label: i for i, (_, held) in enumerate(parts) for label in held}
+        last = {label: i for i, part in enumerate(parts) for label in part.labels}
         pending = []
         for v, voter in enumerate(actors.voters):
             mine = [label for label in self.labels if v in actors.voters_of[label]]
@@ -727,9 +773,9 @@ class Synthesis:
         return pending
 
     @staticmethod
-    def _vote_call(actors: _Actors, voter: Any, labels: list[int], parts: list[tuple[Any, frozenset[int]]],
+    def _vote_call(actors: _Actors, voter: Any, labels: list[int], parts: list[_Part],
                    tag: int) -> Any:
-        refs = [ref for ref, held in parts if not held.isdisjoint(labels)]
+        refs = [part.ref for part in parts if not part.labels.isdisjoint(labels)]
         with actors.ray.dispatch():
             return voter.vote_batches.remote(labels, *refs, tag=tag)
 
@@ -759,7 +805,7 @@ class Synthesis:
             chosen.append(rows[picks])
             positive[str(label)] = int(np.count_nonzero(counts[rows]))
         index = np.concatenate(chosen)
-        return population.batch.take(index), population.ids[index], positive
+        return population.batch.take(index), population.ids[index], positive, index
 
     def _build_store(self) -> None:
         """Embed the private set once, ahead, into the embedding store (reused when it matches)."""
@@ -918,25 +964,26 @@ class Synthesis:
                             population.pending_vote = None  # the un-noised counts leave the object store now
                         else:
                             raw = self._vote(actors, population, t, degree)
-                if unsaved is not None:
-                    # After the vote, which it would slow down on a small machine; beside
-                    # the generators' work, which is most of a generation.
-                    with meter.stage("checkpoint", progress):
-                        unsaved[2].finish(actors, self._ahead)
-                        writer.submit(*unsaved[:2])
-                    unsaved = None
-                if raw is None:
+                drawn = raw is not None
+                if not drawn:
                     noisy = self.ledger.load_release(t)  # drawn before a crash: replayed, never redrawn
                 else:
                     with meter.stage("release", progress):
                         noisy = self._release(raw, t)
                         del raw
-                    if self.after_release is not None:
-                        self.after_release(t)
+                if unsaved is not None:
+                    # After the vote and the ledger's fsync, which it would slow down on a small
+                    # machine; beside the generators' work, which is most of a generation.
+                    with meter.stage("checkpoint", progress):
+                        unsaved[2].finish(actors, self._ahead)
+                        writer.submit(*unsaved[:2])
+                    unsaved = None
+                if drawn and self.after_release is not None:
+                    self.after_release(t)
                 final = t == T
                 per_class = cfg.population.final_per_class if final else cfg.population.per_class
                 with meter.stage("select", progress):
-                    parents, parent_ids, positive = self._select(population, noisy, t, per_class)
+                    parents, parent_ids, positive, parent_rows = self._select(population, noisy, t, per_class)
                 with meter.stage("generate", progress):
                     if final and cfg.variation.final_degree == 0:
                         n = len(parents)
@@ -947,7 +994,8 @@ class Synthesis:
                     else:
                         stage, deg = (_FINAL, cfg.variation.final_degree) if final else (_VARIATION, degree)
                         population = self._generate(actors, stage, t, parents, per_class, deg, parent_ids,
-                                                    vote_ahead=ahead and not final and t + 1 not in released)
+                                                    vote_ahead=ahead and not final and t + 1 not in released,
+                                                    source=population, parent_rows=parent_rows)
                 record: dict[str, Any] = {"generation": t, "degree": degree, "samples": len(population),
                                           "positive_bins_per_class": positive}
                 if cfg.evaluation.every_generation or final:

@@ -229,3 +229,24 @@ def test_simulated_digits_look_like_their_labels(sim: DigitSimulator) -> None:
     accuracy = float((model.predict(real.data / 16) == real.target).mean())
     print(f"SVC trained on 1,000 simulator samples: accuracy on all 1,797 real digits {accuracy:.3f}")
     assert accuracy > 0.5
+
+
+def test_parents_gathered_from_earlier_outputs_equal_the_parents_themselves(sim: DigitSimulator) -> None:
+    """The driver names parents by their rows in the calls that made them; the worker gathers them."""
+    from actors.generators.worker import gather_rows
+
+    outputs = [sim.random(np.repeat(np.arange(10), n), seed) for n, seed in ((3, 1), (5, 2), (2, 3))]
+    population = SampleBatch.concat(outputs)
+    starts = np.cumsum([0] + [len(o) for o in outputs])[:-1]
+    rows = np.random.default_rng(0).choice(len(population), size=40, replace=True)  # any order, repeats
+    expected = population.take(rows)
+    for used in ([0, 1, 2], sorted({int(p) for p in np.searchsorted(starts, rows, side="right") - 1})):
+        got = gather_rows(rows, starts[used], tuple(outputs[p] for p in used))
+        np.testing.assert_array_equal(got.samples, expected.samples)
+        np.testing.assert_array_equal(got.labels, expected.labels)
+        assert got.params.keys() == expected.params.keys()
+        for name in expected.params:
+            np.testing.assert_array_equal(got.params[name], expected.params[name])
+    only_last = rows[rows >= starts[2]]  # the rows of one call: only that call is needed
+    got = gather_rows(only_last, starts[[2]], (outputs[2],))
+    np.testing.assert_array_equal(got.samples, population.take(only_last).samples)

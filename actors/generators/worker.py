@@ -57,6 +57,17 @@ def make_generator(kind: str, options: dict[str, Any], context: GeneratorContext
     return cls(validate_generator_options(kind, options), context)
 
 
+def gather_rows(rows: np.ndarray, starts: np.ndarray, sources: tuple[SampleBatch, ...]) -> SampleBatch:
+    """The population rows ``rows`` (in that order, repeats allowed) from consecutive parts
+    ``sources`` whose first rows are ``starts`` (sorted; the rows fall in these parts)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    part = np.searchsorted(starts, rows, side="right") - 1
+    order = np.argsort(part, kind="stable")
+    pieces = [sources[p].take(rows[part == p] - starts[p]) for p in np.unique(part)]
+    gathered = pieces[0] if len(pieces) == 1 else SampleBatch.concat(pieces)
+    return gathered.take(np.argsort(order, kind="stable"))
+
+
 class GeneratorWorker:
     """Serves ``random``, ``variation`` and ``lookahead`` shards for the driver."""
 
@@ -87,6 +98,20 @@ class GeneratorWorker:
             for kind, payload, degree, seed in items
         ]
         return SampleBatch.concat(out)
+
+    def shards_from(self, items: list[tuple[str, Any, float, int]], starts: np.ndarray,
+                    *sources: SampleBatch) -> SampleBatch:
+        """``shards`` whose variation parents are rows of earlier outputs, not sent again.
+
+        An item ``("rows", rows, degree, seed)`` names its parents by their rows in the
+        population that ``sources`` make up together; ``starts[i]`` is the first row of
+        ``sources[i]`` (the calls that made them, in row order; only those the items use).
+        """
+        starts = np.asarray(starts, dtype=np.int64)
+        with self._meter.section("generate"):  # assembling the parents is part of the generator's work
+            resolved = [("variation", gather_rows(rows, starts, sources), degree, seed) if kind == "rows"
+                        else (kind, rows, degree, seed) for kind, rows, degree, seed in items]
+        return self.shards(resolved)
 
     def lookahead(self, parents: SampleBatch, degree: float, count: int, seed: int) -> np.ndarray:
         """Images of ``count`` variations of each parent, shaped (n, count, *image_shape).
