@@ -10,7 +10,7 @@ actor start-up and the simulator's first-use set-up; the final generation is sma
 
 ``speedup_2_over_1`` = throughput with 2 actors / throughput with 1. Whole-generation
 throughput (samples per second of generation wall) is reported beside it. Each count
-runs three times, alternating, and the fastest run of each is kept (the machine may
+runs five times, alternating, and the fastest run of each is kept (the machine may
 be shared; a slow run is noise from outside, a fast one is not).
 """
 
@@ -67,7 +67,7 @@ def run(results_dir: Path, quick: bool = False) -> dict[str, Any]:
         cores = os.cpu_count() or 1
     counts = sorted({1, 2, *([cores] if cores > 2 else [])})
     per_class, generations = (300, 2) if quick else (5000, 3)
-    repeats = 1 if quick else 3
+    repeats = 1 if quick else 5
     best: dict[int, dict[str, Any]] = {}
     with local_ray(max(2, cores)), quiet_insecure_noise(), tempfile.TemporaryDirectory() as tmp:
         for r in range(repeats):  # alternating the actor counts; the fastest of each is kept
