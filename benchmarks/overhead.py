@@ -134,9 +134,6 @@ class LocalActors:
         roles = [("generators", res.generator_cpus)] * len(self._workers) + [("voters", res.voter_cpus)] * len(self._voters)
         return [ActorUsage(role, s["sections"], cpus, 0.0, tagged=s["tagged"]) for (role, cpus), s in zip(roles, requests)]
 
-    def stats(self):
-        return self.collect_stats(self.request_stats())
-
     def shutdown(self) -> None:
         return None
 

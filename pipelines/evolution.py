@@ -461,15 +461,12 @@ class _Actors:
     def wait_ready(self) -> None:
         self.ray.get([v.ready.remote() for v in self.voters])
 
-    def stats(self) -> list[ActorUsage]:
-        """Each actor's metering since the last call, with the CPUs and GPUs it holds."""
-        return self.collect_stats(self.request_stats())
-
     def request_stats(self) -> list[Any]:
         """Ask every actor for its metering so far (after the calls already sent it); see ``collect_stats``."""
         return [actor.stats.remote() for actor in [*self.generators, *self.voters]]
 
     def collect_stats(self, requests: list[Any]) -> list[ActorUsage]:
+        """Each actor's metering from ``request_stats``, with the CPUs and GPUs it holds."""
         res = self.config.resources
         roles = [("generators", res.generator_cpus, res.generator_gpus)] * len(self.generators)
         roles += [("voters", res.voter_cpus, res.voter_gpus)] * len(self.voters)
@@ -557,12 +554,13 @@ def _yield_cpu() -> None:
 class CheckpointWriter:
     """Writes checkpoints on a background thread, one at a time and in order.
 
-    ``submit`` waits for the write before it, freezes the state as JSON text, and
-    starts the next; ``wait`` joins the write in flight and returns the seconds it
+    ``submit`` waits for the write before it, freezes the state (a JSON round trip:
+    a copy the run cannot change, and any unwritable value fails here), and starts
+    the next; ``wait`` joins the write in flight and returns the seconds it
     took (None if none was in flight), raising its error if it failed.
     """
 
-    def __init__(self, save: Callable[[Population, str], None]) -> None:
+    def __init__(self, save: Callable[[Population, dict[str, Any]], None]) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         self._save = save
@@ -571,12 +569,12 @@ class CheckpointWriter:
 
     def submit(self, population: Population, state: dict[str, Any]) -> None:
         self.wait()
-        text = json.dumps(state, indent=2)
-        self._pending = self._pool.submit(self._timed, population, text)
+        frozen = json.loads(json.dumps(state))
+        self._pending = self._pool.submit(self._timed, population, frozen)
 
-    def _timed(self, population: Population, text: str) -> float:
+    def _timed(self, population: Population, state: dict[str, Any]) -> float:
         start = time.perf_counter()
-        self._save(population, text)
+        self._save(population, state)
         return time.perf_counter() - start
 
     def wait(self) -> float | None:
@@ -851,24 +849,18 @@ class Synthesis:
 
     # ----------------------------------------------------------------- checkpoints
 
-    def _save_checkpoint(self, population: Population, state: dict[str, Any] | str) -> None:
+    def _save_checkpoint(self, population: Population, state: dict[str, Any]) -> None:
         """Write S_t as ``population-<t>.parquet``, then ``state.json`` naming it (both atomic).
 
         ``state.json`` is replaced last, so it always names a complete population file;
         the files it no longer names are removed afterwards (kept with ``keep_populations``:
         the audit reads every S_t).
         """
-        if isinstance(state, str):
-            text, generation = state, json.loads(state)["generation"]
-        else:
-            text, generation = json.dumps(state, indent=2), state["generation"]
         self.checkpoint_dir.mkdir(exist_ok=True)
-        name = f"population-{generation}.parquet"
+        name = f"population-{state['generation']}.parquet"
         table = population.table(self.info.max_value, png=False)  # PNG encoding was most of a checkpoint's time
         write_parquet_atomic(table, self.checkpoint_dir / name)
-        state_doc = json.loads(text)
-        state_doc["population_file"] = name
-        _write_json_atomic(self.checkpoint_dir / "state.json", state_doc)
+        _write_json_atomic(self.checkpoint_dir / "state.json", {**state, "population_file": name})
         if not self.keep_populations:
             for old in self.checkpoint_dir.glob("population*.parquet"):
                 if old.name != name:

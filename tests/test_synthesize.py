@@ -115,7 +115,7 @@ def test_ledger_two_releases_ahead_of_the_checkpoint_replays_them(reference_run,
     save = Synthesis._save_checkpoint
 
     def lose_generation_1(self, population, state):
-        if json.loads(state)["generation"] == 1 if isinstance(state, str) else state["generation"] == 1:
+        if state["generation"] == 1:
             return  # the write of S_1 never lands
         save(self, population, state)
 
