@@ -113,7 +113,9 @@ class VoterShard:
         self._meter = ActorMeter(gpu=device.startswith("cuda"))
         with self._meter.section("setup"):
             self._embedder = make_embedder(embedder, max_value, embedder_options or {}, device)
-            if store is not None:
+            if not self.labels:
+                self._private = {}  # an evaluation-only shard (``privevo rebuild``): reads no private data
+            elif store is not None:
                 from pipelines.embed_store import load_class
 
                 self._private = {label: load_class(Path(store), label, index, parts) for label in self.labels}

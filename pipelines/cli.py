@@ -27,6 +27,14 @@ def _parser() -> argparse.ArgumentParser:
     syn.add_argument("--quiet", action="store_true", help="no progress bars")
     syn.add_argument("--print-report", action="store_true",
                      help="also print report.json to stdout between marker lines (for `privevo submit`)")
+    reb = sub.add_parser("rebuild", help="rebuild a finished run's outputs from its recorded releases, "
+                                         "without opening the private data or spending budget")
+    reb.add_argument("run_dir", help="a finished synthesize run directory")
+    reb.add_argument("--out", required=True, help="directory to create for the rebuilt run")
+    reb.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="change what does not touch the releases (evaluation.*, resources.*, name, "
+                          "data.heldout_path) (repeatable)")
+    reb.add_argument("--quiet", action="store_true", help="no progress bars")
     aud = sub.add_parser("audit", help="membership-inference audit of training paradigms")
     aud.add_argument("config", help="audit config (YAML)")
     aud.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -107,6 +115,18 @@ def _synthesize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rebuild(args: argparse.Namespace) -> int:
+    from pipelines.evolution import rebuild
+    from pipelines.report import summary_lines
+
+    config = (load_config(Path(args.run_dir) / "config.yaml", args.overrides, private_data=False)
+              if args.overrides else None)
+    result = rebuild(args.run_dir, Path(args.out).expanduser(), progress=not args.quiet, config=config)
+    print("\n".join(summary_lines(result.report, result.run_dir)))
+    print(f"rebuilt from       {args.run_dir} (recorded releases only; no private data read, no budget spent)")
+    return 0
+
+
 def _audit(args: argparse.Namespace) -> int:
     from pipelines.audit.job import load_audit_config, run_audit, summary_table
 
@@ -171,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             return _synthesize(args)
         if args.command == "audit":
             return _audit(args)
+        if args.command == "rebuild":
+            return _rebuild(args)
         if args.command in ("submit", "status", "logs"):
             return {"submit": _submit, "status": _status, "logs": _logs}[args.command](args)
     except ConfigError as exc:

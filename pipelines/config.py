@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -33,7 +33,7 @@ class PrivacyConfig(_Strict):
     """The DP target. ``epsilon`` is the whole run's budget at ``delta``."""
 
     epsilon: float = Field(gt=0, description="target epsilon for the whole run")
-    delta: float = Field(gt=0, lt=1, description="target delta; must be < 1/n_private")
+    delta: float = Field(gt=0, lt=1, description="target delta; should be well below 1/n (checked against data.public_size when declared)")
     neighbour: Literal["add_remove", "replace"] = Field(
         "add_remove", description="neighbouring datasets: add/remove one sample, or replace one"
     )
@@ -47,36 +47,115 @@ class PrivacyConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    """The private set and its held-out real split (see pipelines/data.py)."""
+    """The private set, its declared public description, and its held-out real data (see pipelines/data.py).
+
+    What is public is declared here, never found in the data: the label set
+    (``class_names``, required for every kind but the bundled ``digits``), the
+    held-out set (``heldout``: its own source, or a hash split of ``path``, each a
+    declaration that those records are public) and an estimate of the private
+    set's size (``public_size``).
+    """
 
     kind: Literal["digits", "image_folder", "text_table", "arrays", "parquet_shards"] = "digits"
     path: str | None = Field(
-        None, description="image folder (one subfolder per class), CSV/parquet table, or directory of parquet shards"
+        None, description="image folder (one subfolder per class), CSV/parquet table, .npz file, or directory of "
+        "parquet shards"
     )
-    heldout_path: str | None = Field(None, description="held-out real data; default: a split of path")
-    heldout_fraction: float = Field(0.2, gt=0, lt=1)
-    split_seed: int = Field(0, ge=0, description="seed of the held-out split (fixed, not the run seed)")
+    class_names: list[str] | None = Field(
+        None, description="the label set, in label order (labels are 0..C-1); required except for digits, whose names "
+        "are '0'..'9'. image_folder: subfolder names; text_table: label values as strings; parquet_shards, arrays: "
+        "names of the integer labels 0..C-1"
+    )
+    labels: list[int] | None = Field(
+        None, description="the classes to synthesize, a subset of 0..C-1; default: every declared class"
+    )
+    heldout: Literal["none", "split", "path"] = Field(
+        "none", description="held-out real data, declared public: 'none' (no held-out evaluation), 'split' (the "
+        "records of path whose hash falls below heldout_fraction), 'path' (heldout_path); ignored for digits"
+    )
+    heldout_path: str | None = Field(None, description="held-out real data, in the layout of path (heldout: path)")
+    heldout_fraction: float = Field(0.2, gt=0, lt=1, description="heldout: split: the expected fraction held out")
+    split_seed: int = Field(
+        0, ge=0, lt=2**64, description="heldout: split: key of the per-record hash (fixed, not the run seed)"
+    )
+    public_size: int | None = Field(
+        None, ge=1, description="a public estimate of the number of private records, declared (never computed): "
+        "checks delta < 1/n and decides vote.embedding_store: auto"
+    )
     image_size: list[int] | None = Field(None, description="[H, W] images are resized to")
     channels: Literal[1, 3] = 3
     text_column: str = "text"
     label_column: str = "label"
     image_column: str = Field("image", description="parquet_shards: encoded image bytes or raw pixels")
-    class_names: list[str] | None = Field(None, description="the class set, in label order; default: all found")
-    labels: list[int] | None = Field(
-        None, description="the public label set; default: every label of the dataset"
-    )
 
     @model_validator(mode="after")
-    def _kind_fields(self) -> "DataConfig":
-        if self.kind != "digits" and not self.path:
+    def _kind_fields(self, info: ValidationInfo) -> DataConfig:
+        digits = self.kind == "digits"
+        if not digits and not self.path:
             raise ValueError(f"path: required for data.kind {self.kind!r}")
         if self.kind in ("image_folder", "parquet_shards") and (self.image_size is None or len(self.image_size) != 2):
             raise ValueError(f"image_size: must be [height, width] for data.kind {self.kind!r}")
-        for name in ("path", "heldout_path"):
+        if self.image_size is not None and min(self.image_size, default=0) < 1:
+            raise ValueError("image_size: sizes must be positive")
+        # ``privevo rebuild`` validates a run's config without its private files (context private=False)
+        names = ("path", "heldout_path") if (info.context or {}).get("private", True) else ("heldout_path",)
+        for name in names:
             value = getattr(self, name)
-            if self.kind != "digits" and value is not None and not Path(value).exists():
+            if not digits and value is not None and not Path(value).exists():
                 raise ValueError(f"{name}: {value} does not exist")
+        self._check_class_names()
+        self._check_labels()
+        self._check_heldout()
         return self
+
+    def _check_class_names(self) -> None:
+        names = self.class_names
+        if self.kind == "digits":
+            if names is not None and names != [str(d) for d in range(10)]:
+                raise ValueError("class_names: data.kind 'digits' has the fixed class names '0'..'9'; leave it out")
+            return
+        if names is None:
+            raise ValueError(
+                f"class_names: required for data.kind {self.kind!r}: the label set must be declared, because "
+                "deriving it from the private data leaks (a label held by one record would appear exactly when "
+                "that record is present)"
+            )
+        if not names:
+            raise ValueError("class_names: must name at least one class")
+        seen: set[str] = set()
+        for name in names:
+            if name in seen:
+                raise ValueError(f"class_names: {name!r} is repeated; each class needs its own name")
+            seen.add(name)
+            if not name:
+                raise ValueError("class_names: names must not be empty")
+            if self.kind == "image_folder" and (name in (".", "..") or "/" in name or "\\" in name):
+                raise ValueError(f"class_names: {name!r} is not a subfolder name")
+
+    def _check_labels(self) -> None:
+        if self.labels is None:
+            return
+        classes = 10 if self.kind == "digits" else len(self.class_names or ())
+        if not self.labels:
+            raise ValueError("labels: the label set is empty")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"labels: repeated labels in {self.labels}")
+        outside = [label for label in self.labels if not 0 <= label < classes]
+        if outside:
+            raise ValueError(f"labels: {outside[0]} is not a declared class (labels are 0..{classes - 1})")
+
+    def _check_heldout(self) -> None:
+        if self.kind == "digits":
+            if self.heldout_path is not None:
+                raise ValueError("heldout_path: data.kind 'digits' holds out its bundled split; leave it out")
+            return
+        if self.heldout_path is not None and self.heldout != "path":
+            raise ValueError(
+                "heldout_path: read only with heldout: path (the declaration that this held-out data is public); "
+                f"got heldout: {self.heldout}"
+            )
+        if self.heldout == "path" and self.heldout_path is None:
+            raise ValueError("heldout_path: required with heldout: path")
 
 
 class PopulationConfig(_Strict):
@@ -108,8 +187,10 @@ class VoteConfig(_Strict):
     db_chunk: int = Field(65536, ge=1, description="synthetic rows per kNN block (bounds voter memory)")
     embedding_store: str = Field(
         "auto",
-        description="'off': voters embed the private set themselves; 'on': embed it once, ahead, into the run's "
-        "private/ folder; 'auto': 'on' for large image sets; or a directory on shared storage (pipelines/embed_store.py)",
+        description="'off': voters embed the private set themselves; 'on': embed it once, ahead, into an owner-only "
+        "store under $PRIVEVO_PRIVATE_DIR or ~/.cache/privevo (never inside the run directory), reused while the "
+        "private files' content matches; 'auto': 'on' for image sets whose declared data.public_size is large; or a "
+        "directory on shared storage (pipelines/embed_store.py)",
     )
 
     @field_validator("embedding_store", mode="before")
@@ -140,6 +221,11 @@ class EvaluationConfig(_Strict):
         "pixels", description="what the downstream classifier sees: raw pixels (images) or the embedding"
     )
     every_generation: bool = True
+    real_baseline: bool = Field(
+        False,
+        description="also score the classifier trained on the real private set (NOT DP): written to the run's "
+        "private/real_baseline.json only, never to the report, the plots or the console",
+    )
 
 
 class ResourcesConfig(_Strict):
@@ -230,18 +316,19 @@ def parse_error(exc: ValidationError, source: str) -> ConfigError:
     return ConfigError(source, field, message)
 
 
-def parse_config(raw: Any, source: str) -> RunConfig:
+def parse_config(raw: Any, source: str, *, private_data: bool = True) -> RunConfig:
     """Validate a parsed mapping; errors name ``source`` and the first bad field."""
     if not isinstance(raw, dict):
         raise ConfigError(source, "(top level)", f"expected a mapping, got {type(raw).__name__}")
     try:
-        return RunConfig.model_validate(raw)
+        return RunConfig.model_validate(raw, context={"private": private_data})
     except ValidationError as exc:
         raise parse_error(exc, source) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read, override and validate a YAML run config."""
+def load_config(path: str | Path, overrides: list[str] | None = None, *, private_data: bool = True) -> RunConfig:
+    """Read, override and validate a YAML run config (``private_data=False``: the private files
+    need not exist, as when ``privevo rebuild`` rebuilds a run without them)."""
     path = Path(path)
     source = str(path)
     try:
@@ -256,7 +343,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         raw = {}
     if isinstance(raw, dict):
         raw = apply_overrides(raw, overrides or [], source)
-    return parse_config(raw, source)
+    return parse_config(raw, source, private_data=private_data)
 
 
 def dump_config(config: RunConfig) -> str:

@@ -9,7 +9,16 @@ their own memory: private embeddings never pass through the driver or the Ray
 object store. Only file names, row numbers and labels (metadata) pass through the
 driver.
 
-Layout (``format`` 1)::
+Where (:func:`store_path`): never inside the run directory, which users copy and
+share. ``vote.embedding_store: on`` puts the store in
+``private_root()/embeddings/<key>``, where :func:`private_root` is
+``$PRIVEVO_PRIVATE_DIR`` or ``~/.cache/privevo`` (owner-only) and ``<key>`` hashes
+the resolved data path, the data fields that decide the rows and the embedder;
+``auto`` does so for image folders and parquet shards whose *declared*
+``data.public_size`` reaches :data:`AUTO_MIN_SAMPLES` (the real count is private
+and decides nothing); a directory puts it there.
+
+Layout (``format`` 2)::
 
     <store>/                      mode 0o700: private data
       manifest.json               written last: the store is complete iff it exists and matches
@@ -20,20 +29,23 @@ Layout (``format`` 1)::
 A *unit* is one task of the pass: up to ``unit_size`` private rows of an image
 folder (in row order), or the private rows of one parquet row group (split into
 pieces of ``unit_size``); the small in-memory kinds (digits, arrays, text_table)
-work too, in units of ``unit_size`` rows of the private split. Units of a shuffled parquet set hold many classes; the
-index lists, per class, the slices of the units that hold it, so a shard reads
-only its classes' rows, each a contiguous slice. A class's embeddings are
-returned in source-row order, the order :func:`pipelines.data.load_private`
-gives, so a store-backed shard holds exactly what an in-actor shard would
-(bit for bit for the ``pixels`` embedder; neural embedders batch differently and
-may differ in the last bits).
+work too, in units of ``unit_size`` rows of the private split. Units of a shuffled
+parquet set hold many classes; the index lists, per class, the slices of the units
+that hold it, so a shard reads only its classes' rows, each a contiguous slice. A
+class's embeddings are returned in source-row order, the order
+:func:`pipelines.data.load_private` gives, so a store-backed shard holds exactly
+what an in-actor shard would (bit for bit for the ``pixels`` embedder; neural
+embedders batch differently and may differ in the last bits).
 
 The manifest records the embedder (kind, options, max_value), the dataset fields
-that decide which rows are private, a fingerprint of the source files (names,
-sizes, modification times), the dimension, the per-class counts and the units. A
-store whose manifest matches is reused; anything else under the store path that
-the pass wrote (a crash's partial store, or a store of other data) is removed and
-rebuilt. Every file is written to a temporary name, fsynced and renamed.
+that decide which rows are private, a fingerprint of the source files' *content*
+(sha256 of every file's bytes, with its name: a record replaced by another of the
+same size and time is a different store), the dimension, the per-class counts
+(private, like the whole store) and the units. A store whose manifest matches is
+reused; anything else under the store path that the pass wrote (a crash's partial
+store, or a store of other data) is removed and rebuilt. Every file is written to
+a temporary name, fsynced and renamed. :func:`build_store` returns only a public
+summary (path, reused, dimension), never the manifest's counts.
 """
 
 from __future__ import annotations
@@ -44,6 +56,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -51,46 +64,77 @@ import numpy as np
 
 from pipelines.files import atomic_open, write_json_atomic
 
-STORE_FORMAT = 1
+STORE_FORMAT = 2
 STORE_KINDS = ("image_folder", "parquet_shards")
-# "auto" uses a store from this many private samples (of the run's classes) on.
+# "auto" uses a store from this declared data.public_size on (never the real count).
 AUTO_MIN_SAMPLES = 50_000
 UNIT_SIZE = 1024
 MANIFEST = "manifest.json"
 INDEX = "index.npy"
 UNITS = "units"
 _OWNER_ONLY = 0o700
+PRIVATE_DIR_ENV = "PRIVEVO_PRIVATE_DIR"
 
 
 # --------------------------------------------------------------------------- where
 
 
-def store_path(setting: str, run_dir: Path, data_kind: str, n_private: int) -> Path | None:
+def private_root() -> Path:
+    """The owner-only folder for private data kept between runs: ``$PRIVEVO_PRIVATE_DIR`` or ``~/.cache/privevo``.
+
+    Created (with missing parents) mode 0o700 if missing, and set to 0o700 if not.
+    """
+    root = Path(os.environ.get(PRIVATE_DIR_ENV) or "~/.cache/privevo").expanduser().absolute()
+    _private_dir(root)
+    return root
+
+
+def store_path(setting: str, data: Any, run_dir: Path | None = None, *, embedder: str = "pixels",
+               embedder_options: dict[str, Any] | None = None) -> Path | None:
     """The store a run uses, or None for in-actor embedding.
 
     ``setting`` is ``vote.embedding_store``: ``"off"`` (voters read and embed the
-    private set themselves), ``"on"`` (a store in the run's ``private/``
-    folder), ``"auto"`` (``"on"`` from :data:`AUTO_MIN_SAMPLES` private samples,
-    for image folders and parquet shards, else ``"off"``), or a directory (a store
-    on shared storage that several runs reuse).
+    private set themselves); ``"on"``: ``private_root()/embeddings/<key>``, ``<key>``
+    the first 16 hex digits of a sha256 over the resolved data path, the data fields
+    that decide the rows and ``embedder``/``embedder_options`` (pass the run's, so
+    runs with different embedders keep different stores); ``"auto"``: ``"on"`` for
+    image folders and parquet shards whose declared ``data.public_size`` is at least
+    :data:`AUTO_MIN_SAMPLES`, else None; anything else: that directory (a store on
+    shared storage that several runs reuse). ``data`` is the data config (model or
+    dict). A store is never inside ``run_dir`` (run directories are copied and
+    shared): a directory there is refused with ValueError.
     """
+    from pipelines.data import public_size
+
+    problem = check_setting(setting, run_dir)
+    if problem:
+        raise ValueError(f"vote.embedding_store: {problem}")
     if setting == "off":
         return None
+    fields = _data_fields(data)
     if setting == "auto":
-        if data_kind not in STORE_KINDS or n_private < AUTO_MIN_SAMPLES:
+        size = public_size(data)
+        if fields["kind"] not in STORE_KINDS or size is None or size < AUTO_MIN_SAMPLES:
             return None
         setting = "on"
     if setting == "on":
-        return Path(run_dir) / "private" / "embeddings"
-    return Path(setting).expanduser()
+        key = {"data": fields, "embedder": {"kind": embedder, "options": embedder_options or {}}}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+        return private_root() / "embeddings" / digest[:16]
+    return Path(setting).expanduser().absolute()
 
 
-def check_setting(setting: str) -> str | None:
-    """Why ``vote.embedding_store`` cannot work, or None."""
+def check_setting(setting: str, run_dir: Path | None = None) -> str | None:
+    """Why ``vote.embedding_store`` cannot work (for a run in ``run_dir``, if given), or None."""
     if setting not in ("off", "auto", "on"):
-        path = Path(setting).expanduser()
+        path = Path(setting).expanduser().absolute()
         if path.exists() and not path.is_dir():
             return f"{path} exists and is not a directory"
+        if run_dir is not None:
+            run = Path(run_dir).expanduser().absolute()
+            if path == run or run in path.parents:
+                return (f"{path} is inside the run directory {run}, which is copied and shared; "
+                        "put private embeddings elsewhere ('on' uses $PRIVEVO_PRIVATE_DIR or ~/.cache/privevo)")
     return None
 
 
@@ -107,39 +151,51 @@ def _private_dir(path: Path) -> None:
 # --------------------------------------------------------------------------- key
 
 
-def _data_fields(data: dict[str, Any]) -> dict[str, Any]:
-    """The dataset fields that decide which rows are private and how they are decoded."""
-    fields = ("kind", "path", "heldout_path", "heldout_fraction", "split_seed", "image_size", "channels",
-              "image_column", "label_column", "class_names")
-    out = {name: data.get(name) for name in fields}
+def _data_fields(data: Any) -> dict[str, Any]:
+    """The dataset fields that decide which rows are private and how they are decoded (paths resolved)."""
+    fields = ("kind", "path", "heldout", "heldout_path", "heldout_fraction", "split_seed", "image_size", "channels",
+              "text_column", "image_column", "label_column", "class_names")
+    raw = data if isinstance(data, dict) else data.model_dump()
+    out = {name: raw.get(name) for name in fields}
     for name in ("path", "heldout_path"):
         if out[name] is not None:
             out[name] = str(Path(out[name]).resolve())
     return out
 
 
-def fingerprint(files: Sequence[Path], root: Path) -> str:
-    """sha256 over the source files' names (relative to ``root``), sizes and modification times.
-
-    Contents are not read: the pass is idempotent for files that keep their size
-    and time; touch a file (or delete the manifest) to force a rebuild.
-    """
+def _file_digest(path: Path) -> bytes:
     digest = hashlib.sha256()
-    for path in files:
-        stat = os.stat(path)
-        digest.update(f"{os.path.relpath(path, root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.digest()
 
 
-def store_key(data: dict[str, Any], embedder: str, embedder_options: dict[str, Any], max_value: float,
+def fingerprint(files: Sequence[Path], root: Path) -> str:
+    """sha256 over the source files' contents, each with its name relative to ``root``.
+
+    Every byte is read (in parallel threads; hashing releases the GIL): a record
+    replaced by another of the same size and modification time changes the
+    fingerprint. Names are included because rows are numbered in name order.
+    """
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        digests = list(pool.map(_file_digest, files))
+    outer = hashlib.sha256()
+    for path, digest in zip(files, digests):
+        name = os.path.relpath(path, root).encode()
+        outer.update(len(name).to_bytes(8, "big") + name + digest)
+    return outer.hexdigest()
+
+
+def store_key(data: Any, embedder: str, embedder_options: dict[str, Any], max_value: float,
               files: Sequence[Path]) -> dict[str, Any]:
     """What a store was built from; a store is reused only when its manifest's key equals this."""
+    raw = data if isinstance(data, dict) else data.model_dump()
     return {
         "format": STORE_FORMAT,
         "embedder": {"kind": embedder, "options": embedder_options, "max_value": float(max_value)},
-        "data": _data_fields(data),
-        "files": len(files),
-        "fingerprint": fingerprint(files, Path(data["path"] or ".")),
+        "data": _data_fields(raw),
+        "fingerprint": fingerprint(files, Path(raw.get("path") or ".")),
     }
 
 
@@ -335,7 +391,11 @@ def build_store(
     num_gpus: float = 0.0,
     unit_size: int = UNIT_SIZE,
 ) -> dict[str, Any]:
-    """Build the store at ``store`` unless a matching complete one is there; returns its manifest.
+    """Build the store at ``store`` unless a matching complete one is there.
+
+    Returns a public summary: ``store`` (the path), ``reused``, ``dim`` and
+    ``created``; the manifest (with the private per-class counts) stays in the
+    owner-only store (:func:`read_manifest`).
 
     Ray must be running. ``concurrency`` embedding actors, each with ``num_cpus``
     CPUs and ``num_gpus`` GPUs (fractions allowed), share the units.
@@ -343,12 +403,13 @@ def build_store(
     import ray
 
     store = Path(store)
+    data = data if isinstance(data, dict) else data.model_dump()
     files, units = plan_units(data, unit_size)
     key = store_key(data, embedder, embedder_options, max_value, files)
     _private_dir(store)
     manifest = _complete(store, key)
     if manifest is not None:
-        return {**manifest, "reused": True}
+        return _summary(store, manifest, reused=True)
     clear_store(store)
     _private_dir(store / UNITS)
     ctx = ray.data.DataContext.get_current()
@@ -376,4 +437,9 @@ def build_store(
     got = {u: sum(b - a for _, a, b in s) for u, s in unit_slices.items()}
     if got != expected:
         raise RuntimeError(f"{store}: the embedding pass wrote {len(got)} of {len(expected)} units; rerun to rebuild")
-    return {**write_store(store, key, dim or 0, unit_slices), "reused": False}
+    return _summary(store, write_store(store, key, dim or 0, unit_slices), reused=False)
+
+
+def _summary(store: Path, manifest: dict[str, Any], reused: bool) -> dict[str, Any]:
+    """What the driver may keep of a store: no count of the private set."""
+    return {"store": str(store), "reused": reused, "dim": int(manifest["dim"]), "created": manifest["created"]}

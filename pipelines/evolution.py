@@ -41,20 +41,30 @@ import numpy as np
 
 from actors.generators.base import SampleBatch
 from pipelines.config import ConfigError, RunConfig, dump_config, load_config
-from pipelines.data import DatasetInfo, dataset_info, load_heldout, read_synthetic, synthetic_table, write_parquet_atomic
-from pipelines.files import write_json_atomic as _write_json_atomic
-from pipelines.histogram import degree_schedule, select_parents, sensitivity, threshold_counts, weighted_votes
+from pipelines.data import (
+    DataError,
+    DatasetInfo,
+    check_private_labels,
+    dataset_info,
+    load_heldout,
+    public_size as declared_public_size,
+    read_synthetic,
+    synthetic_table,
+    write_parquet_atomic,
+)
+from pipelines.files import RunLock, RunLockedError, write_json_atomic as _write_json_atomic
+from pipelines.histogram import degree_schedule, select_parents, threshold_counts
 from pipelines.metering import ActorUsage, GenerationMeter, MeteredRay, role_totals
 from pipelines.metrics import downstream_accuracy, frechet_distance, private_reference_accuracy
 from pipelines.privacy import (
-    NOISE_SOURCE_OS,
-    NOISE_SOURCE_SEEDED,
     BudgetError,
     GaussianMechanism,
+    NoiseSource,
     PrivacyLedger,
     PrivacyPlan,
     plan_releases,
-    release_rng,
+    secure_noise,
+    seeded_noise,
 )
 
 # Stage codes mixed into derived seeds.
@@ -69,6 +79,9 @@ _MIN_CALL_SAMPLES = 1000
 
 # Config fields that may change when a run is resumed: they affect speed, not results.
 RESUMABLE_CHANGES = ("generators", "resources", "vote.knn_backend", "vote.query_chunk", "vote.db_chunk")
+# ... and when a finished run is rebuilt from its releases: what is evaluated, and where the
+# declared public held-out data now lies.
+REBUILD_CHANGES = (*RESUMABLE_CHANGES, "name", "evaluation", "data.heldout_path")
 
 
 def derive_seed(seed: int, *keys: int) -> int:
@@ -76,11 +89,17 @@ def derive_seed(seed: int, *keys: int) -> int:
     return int(np.random.SeedSequence([seed, *keys]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def noise_generator(generation: int, insecure_noise_seed: int | None) -> np.random.Generator:
-    """The generator of one release's noise: OS entropy unless a test asks otherwise."""
+def noise_source(generation: int, insecure_noise_seed: int | None) -> NoiseSource:
+    """Where one release's noise comes from: OpenDP's secure sampler unless a test asks otherwise."""
     if insecure_noise_seed is None:
-        return release_rng()
-    return release_rng(derive_seed(insecure_noise_seed, generation))
+        return secure_noise()
+    return seeded_noise(derive_seed(insecure_noise_seed, generation))
+
+
+def vote_coordinates(config: RunConfig) -> int:
+    """Bins of unit count that one private record's presence changes in one release: k
+    (add/remove) or 2k (replace: the old record's k votes go, the new one's k come)."""
+    return config.vote.k * (2 if config.privacy.neighbour == "replace" else 1)
 
 
 class _Part(NamedTuple):
@@ -168,10 +187,18 @@ class Progress:
 # --------------------------------------------------------------------------- checks
 
 
-def check_config(config: RunConfig, source: str) -> tuple[PrivacyPlan, DatasetInfo, tuple[int, ...]]:
-    """Everything that can be refused before private data is read or budget spent."""
+def check_config(config: RunConfig, source: str, info: DatasetInfo | None = None
+                 ) -> tuple[PrivacyPlan, DatasetInfo, tuple[int, ...]]:
+    """Everything that can be refused before private data is read or budget spent.
+
+    Reads the config and the data's public description only (``info``, when given, is
+    a recorded one: ``privevo rebuild`` passes the run's own). Nothing printed here is
+    computed from private records: the delta check uses the declared
+    ``data.public_size``, never the real count.
+    """
     try:
-        plan = plan_releases(config.privacy.epsilon, config.privacy.delta, config.generations)
+        plan = plan_releases(config.privacy.epsilon, config.privacy.delta, config.generations,
+                             vote_coordinates(config))
     except BudgetError as exc:
         text = str(exc)
         field_name = next(
@@ -179,11 +206,12 @@ def check_config(config: RunConfig, source: str) -> tuple[PrivacyPlan, DatasetIn
         )
         raise ConfigError(source, field_name, text) from None
     check_models(config, source)
-    try:
-        info = dataset_info(config.data)
-    except (ValueError, OSError) as exc:
-        field_name = getattr(exc, "field", None) or ("data.path" if config.data.kind != "digits" else "data.kind")
-        raise ConfigError(source, field_name, str(exc)) from None
+    if info is None:
+        try:
+            info = dataset_info(config.data)
+        except (ValueError, OSError) as exc:
+            field_name = getattr(exc, "field", None) or ("data.path" if config.data.kind != "digits" else "data.kind")
+            raise ConfigError(source, field_name, str(exc)) from None
     from pipelines.embed_store import check_setting
 
     problem = check_setting(config.vote.embedding_store)
@@ -195,17 +223,15 @@ def check_config(config: RunConfig, source: str) -> tuple[PrivacyPlan, DatasetIn
         raise ConfigError(source, "data.labels", "the label set is empty")
     if len(set(labels)) != len(labels):
         raise ConfigError(source, "data.labels", f"repeated labels in {list(labels)}")
-    for label in labels:
-        if info.class_counts.get(label, 0) == 0:
-            raise ConfigError(
-                source, "data.labels",
-                f"class {label} has no private samples (empty class); classes with data: {list(info.labels)}",
-            )
-    n_private = sum(info.class_counts[label] for label in labels)
-    if config.privacy.delta >= 1.0 / n_private:
+    unknown = [label for label in labels if label not in info.labels]
+    if unknown:
+        raise ConfigError(source, "data.labels", f"{unknown} not in the declared label set {list(info.labels)}")
+    public_size = declared_public_size(config.data)
+    if public_size is not None and config.privacy.delta >= 1.0 / public_size:
         raise ConfigError(
             source, "privacy.delta",
-            f"{config.privacy.delta:g} is not below 1/n = {1.0 / n_private:.3g} (n = {n_private} private samples)",
+            f"{config.privacy.delta:g} is not below 1/data.public_size = {1.0 / public_size:.3g} "
+            f"(data.public_size = {public_size}, declared public)",
         )
     if config.vote.k > config.population.per_class:
         raise ConfigError(
@@ -214,7 +240,20 @@ def check_config(config: RunConfig, source: str) -> tuple[PrivacyPlan, DatasetIn
         )
     if config.variation.degree_end > config.variation.degree_start:
         raise ConfigError(source, "variation.degree_end", "must not exceed variation.degree_start")
+    if config.evaluation.real_baseline and info.heldout == "none":
+        raise ConfigError(source, "evaluation.real_baseline", "needs held-out data (data.heldout)")
     return plan, info, labels
+
+
+def check_data(config: RunConfig, source: str) -> None:
+    """Refuse private records outside the declared label set, before any budget is spent.
+
+    Reads labels only; the message names the file and field, never a value or a row.
+    """
+    try:
+        check_private_labels(config.data)
+    except (DataError, ValueError, OSError) as exc:
+        raise ConfigError(source, getattr(exc, "field", None) or "data.path", str(exc)) from None
 
 
 # Which generators and embedders work on which modality.
@@ -284,15 +323,16 @@ def _config_differences(stored: dict[str, Any], given: dict[str, Any], prefix: s
     return out
 
 
-def check_resume(config: RunConfig, run_dir: Path, source: str) -> None:
-    """Refuse to resume ``run_dir`` under a config that would change its results."""
+def check_resume(config: RunConfig, run_dir: Path, source: str,
+                 allowed: tuple[str, ...] = RESUMABLE_CHANGES) -> None:
+    """Refuse to resume (or rebuild) ``run_dir`` under a config that would change its results."""
     stored_path = run_dir / "config.yaml"
     if not stored_path.exists():
         raise ConfigError(str(run_dir), "config.yaml", "not a privevo run directory (no config.yaml)")
-    stored = load_config(stored_path).model_dump(mode="json")
+    stored = load_config(stored_path, private_data=allowed is RESUMABLE_CHANGES).model_dump(mode="json")
     given = config.model_dump(mode="json")
     for path in _config_differences(stored, given):
-        if any(path == allowed or path.startswith(allowed + ".") for allowed in RESUMABLE_CHANGES):
+        if any(path == field or path.startswith(field + ".") for field in allowed):
             continue
         a, b = stored, given
         for part in path.split("."):
@@ -388,15 +428,16 @@ class _Actors:
     """
 
     def __init__(self, config: RunConfig, info: DatasetInfo, labels: tuple[int, ...],
-                 store: Path | None = None) -> None:
+                 store: Path | None = None, public_only: bool = False) -> None:
         import ray
         from ray.util.placement_group import placement_group, remove_placement_group
 
         self.ray = ray
         self.generators: list[Any] = []
         self.voters: list[Any] = []
+        self.public_only = public_only
         res = config.resources
-        n_shards = n_voter_shards(config, labels)
+        n_shards = 1 if public_only else n_voter_shards(config, labels)
         bundles = placement_bundles(config, n_shards)
         self.placement_group = placement_group(bundles, strategy=res.placement.upper())
         if not self.placement_group.wait(timeout_seconds=res.placement_timeout_s):
@@ -438,7 +479,10 @@ class _Actors:
         ]
         voter_cls = ray.remote(VoterShard)
         split = res.voter_split == "samples"
-        self.voter_labels = [labels if split else labels[i::n_shards] for i in range(n_shards)]
+        # public_only (``privevo rebuild``): one shard that holds no class, so no private
+        # record is read; it only embeds public samples for the evaluation.
+        self.voter_labels = ([()] if self.public_only
+                             else [labels if split else labels[i::n_shards] for i in range(n_shards)])
         self.voters = [
             voter_cls.options(
                 num_cpus=res.voter_cpus, num_gpus=res.voter_gpus, **restart, **in_bundle(config.generators + i)
@@ -486,18 +530,19 @@ class _Actors:
             self.placement_group = None
 
 
-def merge_vote_counts(results: list[dict[int, np.ndarray]], labels: tuple[int, ...], k: int) -> np.ndarray:
-    """The un-noised histogram (class-major) from the voter shards' integer counts. Private.
+def merge_vote_counts(results: list[dict[int, np.ndarray]], labels: tuple[int, ...]) -> np.ndarray:
+    """The un-noised integer vote counts (int64, class-major) from the voter shards. Private.
 
     Shards that split a class hold disjoint parts of its private set: their counts
-    are summed exactly (integers), then weighted 1/sqrt(min(k, n)) once, so the
-    result equals the histogram of one shard holding the whole class, bit for bit.
+    are summed exactly (integers), so the result equals the counts of one shard
+    holding the whole class. The 1/sqrt(k) vote weight is applied by the release,
+    after the (integer) noise.
     """
     merged: dict[int, np.ndarray] = {}
     for result in results:
         for label, counts in result.items():
-            merged[label] = merged[label] + counts if label in merged else counts
-    return np.concatenate([weighted_votes(merged[label], min(k, len(merged[label]))) for label in labels])
+            merged[label] = merged[label] + counts if label in merged else np.asarray(counts, dtype=np.int64)
+    return np.concatenate([merged[label] for label in labels]).astype(np.int64, copy=False)
 
 
 def _call_groups(n_items: int, calls: int, n_actors: int, small_tail: bool) -> list[np.ndarray]:
@@ -604,6 +649,7 @@ class Synthesis:
         after_release: Callable[[int], None] | None = None,
         on_actors: Callable[[_Actors], None] | None = None,
         keep_populations: bool = False,
+        public_only: bool = False,
     ) -> None:
         self.config = config
         self.run_dir = run_dir
@@ -611,25 +657,29 @@ class Synthesis:
         self.info = info
         self.labels = labels
         self.insecure_noise_seed = insecure_noise_seed
-        self.noise_source = NOISE_SOURCE_OS if insecure_noise_seed is None else NOISE_SOURCE_SEEDED
-        self.mechanism = GaussianMechanism(plan.noise_multiplier, sensitivity(config.privacy.neighbour))
+        self.mechanism = GaussianMechanism(plan.noise_multiplier, k=config.vote.k, neighbour=config.privacy.neighbour)
         self.threshold = config.vote.threshold * self.mechanism.sigma
         self.degrees = degree_schedule(
             config.variation.degree_start, config.variation.degree_end, config.generations, config.variation.schedule
         )
         self.ledger = PrivacyLedger(run_dir)
         self.checkpoint_dir = run_dir / "checkpoint"
+        self.private_dir = run_dir / "private"  # owner-only; never a releasable output
         self.progress_enabled = progress
         self.after_release = after_release
         self.on_actors = on_actors  # test hook (fault injection): sees the run's actors once started
         self.keep_populations = keep_populations  # the audit's mechanism level needs every S_t
-        self.heldout = load_heldout(config.data)
+        # public_only: every release is already in the ledger (``privevo rebuild``); no private
+        # record is read, no vote taken, no release drawn.
+        self.public_only = public_only
+        heldout = load_heldout(config.data)  # declared public, or None
+        self.heldout = None if heldout is None else heldout.restrict(labels)
         self._heldout_embedding: np.ndarray | None = None
         self._ahead: dict[int, list[tuple[int, dict[str, Any]]]] = {}  # actors' work done ahead, by generation
         from pipelines.embed_store import store_path
 
-        n_private = sum(info.class_counts.get(label, 0) for label in labels)
-        self.embedding_store = store_path(config.vote.embedding_store, run_dir, config.data.kind, n_private)
+        self.embedding_store = store_path(config.vote.embedding_store, config.data, run_dir,
+                                          embedder=config.embedder.kind, embedder_options=dict(config.embedder.options))
 
     # ----------------------------------------------------------------- generation work
 
@@ -788,17 +838,18 @@ class Synthesis:
 
     def _collect_vote(self, actors: _Actors, pending: list[Any]) -> np.ndarray:
         """Wait for a vote started by ``_submit_vote``; the un-noised histogram (class-major). Private."""
-        return merge_vote_counts(actors.ray.get(pending), self.labels, self.config.vote.k)
+        return merge_vote_counts(actors.ray.get(pending), self.labels)
 
-    def _release(self, raw: np.ndarray, generation: int) -> np.ndarray:
-        """Noise, ledger (fsynced), then hand back the noisy histogram."""
-        noisy = self.mechanism.release(raw, noise_generator(generation, self.insecure_noise_seed))
+    def _release(self, counts: np.ndarray, generation: int) -> np.ndarray:
+        """Noise on the integer counts, ledger (fsynced), then hand back the noisy histogram."""
+        noise = noise_source(generation, self.insecure_noise_seed)
+        noisy = self.mechanism.release(counts, noise)
+        mechanism = self.mechanism
         self.ledger.record_release(
             generation, noisy,
-            noise_multiplier=self.mechanism.noise_multiplier,
-            sensitivity=self.mechanism.sensitivity,
-            threshold=self.threshold,
-            noise_source=self.noise_source,
+            noise_multiplier=mechanism.noise_multiplier, sensitivity=mechanism.sensitivity,
+            threshold=self.threshold, noise_source=noise.name,
+            k=mechanism.k, coordinates=mechanism.coordinates, count_scale=mechanism.count_scale,
         )
         return noisy
 
@@ -833,6 +884,8 @@ class Synthesis:
         Embeddings come from a voter's embedder (no model is loaded in the driver);
         only synthetic and held-out samples are sent, never private ones.
         """
+        if self.heldout is None:
+            return {}  # no held-out data declared public: nothing to evaluate against
         embed = actors.voters[0].embed
         if self._heldout_embedding is None:
             self._heldout_embedding = actors.ray.get(embed.remote(self.heldout.samples))
@@ -885,7 +938,9 @@ class Synthesis:
         from pipelines.ray_session import ensure_ray
 
         wall0 = time.perf_counter()
-        started_ray = ensure_ray(self.config.resources.num_cpus)
+        # A local Ray that this run starts spills its object store (where the voters'
+        # un-noised counts pass) into the run's owner-only private/ folder, not /tmp.
+        started_ray = ensure_ray(self.config.resources.num_cpus, spill_dir=self.private_dir / "ray-spill")
         ray_start = time.perf_counter() - wall0
         progress = Progress(self.config.generations, self.progress_enabled)
         actors = None
@@ -893,11 +948,13 @@ class Synthesis:
             if not os.environ.get("RAY_ADDRESS"):
                 # A local instance cannot grow: a plan larger than it would wait forever.
                 # (An autoscaling cluster may add nodes, so there the actors are left to wait.)
-                check_capacity(self.config, ray.cluster_resources(), n_voter_shards(self.config, self.labels))
-            if self.embedding_store is not None:
+                check_capacity(self.config, ray.cluster_resources(),
+                               1 if self.public_only else n_voter_shards(self.config, self.labels))
+            if self.embedding_store is not None and not self.public_only:
                 progress.stage("embed private set")
                 self._build_store()
-            actors = _Actors(self.config, self.info, self.labels, self.embedding_store)
+            actors = _Actors(self.config, self.info, self.labels, None if self.public_only else self.embedding_store,
+                             public_only=self.public_only)
             if self.on_actors is not None:
                 self.on_actors(actors)
             report = self._run(actors, progress, wall0, ray_start)
@@ -926,6 +983,11 @@ class Synthesis:
         actors.ray = ray_meter = MeteredRay(actors.ray)  # Ray get/wait/put time per stage
         writer = CheckpointWriter(self._save_checkpoint)
         released = self.ledger.generations()
+        if self.public_only:
+            missing = [t for t in range(1, T + 1) if t not in released]
+            if missing:
+                raise ValueError(f"{self.ledger.path}: no release recorded for generation(s) {missing}; "
+                                 "a rebuild replays recorded releases only")
         ahead = cfg.vote.lookahead == 0  # the vote on S_t is sent while S_t is made (see _generate)
         # The last generation's population, state and metering, awaiting its checkpoint: its
         # actors' metering is collected then, so fetching it costs no generation a round trip.
@@ -941,13 +1003,14 @@ class Synthesis:
                 record = {"generation": 0, "samples": len(population), **metrics}
                 metering = self._close_generation(actors, meter, record)
                 state = {"generation": 0, "population_size": len(population), "elapsed_seconds": 0.0,
-                         "generations": [record]}
+                         "ledger": self._ledger_binding(0), "generations": [record]}
                 unsaved = (population, state, metering)
             else:
                 population, state = loaded
+                self._check_ledger_binding(state)
             elapsed_before = state["elapsed_seconds"]
             done = state["generation"]
-            if released != list(range(1, len(released) + 1)) or (released and len(released) < done):
+            if released != list(range(1, len(released) + 1)):
                 raise ValueError(
                     f"{self.ledger.path}: releases {released} do not fit the checkpoint at generation {done}"
                 )
@@ -1004,7 +1067,7 @@ class Synthesis:
                         record.update(self._evaluate(actors, population.batch.samples, population.batch.labels))
                 state = {**state, "generation": t, "population_size": len(population),
                          "elapsed_seconds": elapsed_before + time.perf_counter() - wall0,
-                         "generations": [*state["generations"], record]}
+                         "ledger": self._ledger_binding(t), "generations": [*state["generations"], record]}
                 with meter.stage("checkpoint", progress):
                     written = writer.wait()  # the write of S_{t-1}, started after this generation's vote
                     if final:
@@ -1033,6 +1096,36 @@ class Synthesis:
         wall = elapsed_before + time.perf_counter() - wall0
         return self._finish(population, state, baselines, wall, ray_start)
 
+    def _ledger_binding(self, generation: int) -> dict[str, Any]:
+        """What binds a checkpoint of S_t to the ledger: the ledger lines up to release t and their digest.
+
+        S_t depends on releases 1..t; a resume checks the ledger still begins with exactly
+        those lines, so a deleted or edited ledger cannot make a run report less than it spent.
+        """
+        records = self.ledger.records()
+        lines = max((i + 1 for i, r in enumerate(records) if r.generation <= generation), default=0)
+        return {"generation": generation, "lines": lines, "digest": self.ledger.digest(lines)}
+
+    def _check_ledger_binding(self, state: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose releases the ledger no longer holds (see ``_ledger_binding``)."""
+        binding = state.get("ledger")
+        done = state["generation"]
+        problem = None
+        if not isinstance(binding, dict) or binding.get("generation") != done:
+            problem = "the checkpoint does not name the ledger lines it was made from"
+        else:
+            try:
+                if self.ledger.digest(int(binding["lines"])) != binding["digest"]:
+                    problem = "the ledger's first lines differ from those the checkpoint was made from"
+            except (ValueError, KeyError, TypeError):
+                problem = f"the ledger holds fewer than the {binding.get('lines')} lines the checkpoint was made from"
+        if problem:
+            raise ConfigError(
+                str(self.ledger.path), "checkpoint",
+                f"{problem} (checkpoint at generation {done}); the run cannot be resumed: "
+                "its outputs would depend on releases the ledger does not account for",
+            )
+
     def _close_generation(self, actors: _Actors, meter: GenerationMeter, record: dict[str, Any]) -> _OpenMetering:
         """End the generation: its timing into its record, its actors' metering requested.
 
@@ -1042,21 +1135,37 @@ class Synthesis:
         return _OpenMetering(meter, actors.request_stats(), record, meter.elapsed())
 
     def _baselines(self, actors: _Actors) -> dict[str, Any]:
+        """The reference row of the report: the generator's prior alone (no private information).
+
+        With ``evaluation.real_baseline`` the classifier trained on the real private set is
+        also scored, in a Ray task that may read private data, and written to
+        ``private/real_baseline.json`` only: it is not DP, so it never reaches the report,
+        the plots or the console.
+        """
         prior = self._generate(actors, _PRIOR_BASELINE, 0, None, self.config.population.final_per_class, 1.0, None)
         generation0 = self._evaluate(actors, prior.batch.samples, prior.batch.labels)
+        if self.config.evaluation.real_baseline and not self.public_only:
+            self._real_baseline(actors)
+        return {"generation0": {**generation0, "samples": len(prior),
+                                "note": "the generator's prior alone: no private information"}}
+
+    def _real_baseline(self, actors: _Actors) -> None:
+        from pipelines.files import private_dir
+
         res = self.config.resources
         task = actors.ray.remote(private_reference_accuracy).options(num_cpus=res.voter_cpus, num_gpus=res.voter_gpus)
-        real = actors.ray.get(task.remote(
+        accuracy = actors.ray.get(task.remote(
             self.config.data.model_dump(), self.config.evaluation.classifier, self.info.max_value,
             self.config.evaluation.features, self.config.embedder.kind, dict(self.config.embedder.options),
-            "cuda" if res.voter_gpus > 0 else "cpu",
+            "cuda" if res.voter_gpus > 0 else "cpu", self.labels,
         ))
-        return {
-            "generation0": {**generation0, "samples": len(prior),
-                            "note": "the simulator's prior alone: no private information"},
-            "real": {"accuracy": real, "samples": self.info.n_private, "touches_private_data": True,
-                     "note": "the same classifier trained on the real private set (not DP): the ceiling"},
-        }
+        private_dir(self.private_dir)
+        _write_json_atomic(self.private_dir / "real_baseline.json", {
+            "accuracy": accuracy, "classifier": self.config.evaluation.classifier,
+            "touches_private_data": True,
+            "note": "the same classifier trained on the real private set (classes data.labels): NOT differentially "
+                    "private; kept out of report.json, the plots and the console",
+        })
 
     def _finish(self, population: Population, state: dict[str, Any], baselines: dict[str, Any],
                 wall: float, ray_start: float) -> dict[str, Any]:
@@ -1065,6 +1174,9 @@ class Synthesis:
         report = build_report(self, population, state, baselines, wall, ray_start)
         write_outputs(self, population, report)
         return report
+
+
+DATASET_FILE = "dataset.json"  # the public description of the data the run assumed (read back by rebuild)
 
 
 def synthesize(
@@ -1084,29 +1196,90 @@ def synthesize(
     Every check that can fail on the config runs before Ray starts, before private
     data is read, and before the run directory is created. ``keep_populations`` also keeps
     each generation's population as ``checkpoint/population-<t>.parquet`` (for the audit).
+    One process at a time holds a run directory (a lock): two resumes of one run cannot
+    both draw a release.
     """
     run_dir = Path(run_dir)
     plan, info, labels = check_config(config, source)
     if resume:
         check_resume(config, run_dir, source)
+        recorded = run_dir / DATASET_FILE
+        if recorded.exists() and DatasetInfo.from_json(json.loads(recorded.read_text())) != info:
+            raise ConfigError(source, "data", f"the data's public description differs from {recorded}; "
+                              "start a new run directory instead")
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(str(run_dir), "--out", "run directory exists and is not empty; use --resume to continue it")
+    check_data(config, source)
+    return _run_in(run_dir, config, plan, info, labels, fresh=not resume, insecure_noise_seed=insecure_noise_seed,
+                   progress=progress, after_release=after_release, on_actors=on_actors,
+                   keep_populations=keep_populations)
+
+
+def rebuild(run_dir: str | Path, out: str | Path, *, progress: bool = False,
+            config: RunConfig | None = None) -> RunResult:
+    """Rebuild every output of the finished run ``run_dir`` into ``out`` without private data.
+
+    Only the run's config, its recorded public description of the data (``dataset.json``),
+    its ledger and noisy releases, and the declared public inputs (the held-out set, the
+    generator's model) are read; no private record is opened, no vote taken, no release
+    drawn. The outputs equal the original's byte for byte apart from the declared side
+    channels (:data:`pipelines.report.SIDE_CHANNELS`). ``config`` may change what does not
+    touch the releases (evaluation, resources); by default the run's own.
+    """
+    run_dir, out = Path(run_dir), Path(out)
+    source = str(run_dir / "config.yaml")
+    for name in ("config.yaml", DATASET_FILE, "ledger.jsonl"):
+        if not (run_dir / name).is_file():
+            raise ConfigError(str(run_dir), name, "missing: not a finished privevo run directory")
+    if config is None:
+        config = load_config(run_dir / "config.yaml", private_data=False)
+    else:
+        check_resume(config, run_dir, source, allowed=REBUILD_CHANGES)
+    info = DatasetInfo.from_json(json.loads((run_dir / DATASET_FILE).read_text()))
+    plan, info, labels = check_config(config, source, info=info)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(str(out), "--out", "directory exists and is not empty")
+    ledger = PrivacyLedger(run_dir)
+    if ledger.pending_repair():
+        raise ConfigError(str(run_dir), "ledger.jsonl", "needs repair (an interrupted run): resume it first")
+    released = ledger.generations()
+    if released != list(range(1, config.generations + 1)):
+        raise ConfigError(str(run_dir), "ledger.jsonl",
+                          f"holds releases {released}, not 1..{config.generations}: only a finished run can be rebuilt")
+
+    def seed(target: Path) -> None:
+        """The inputs of a rebuild: the recorded releases, exactly as the run wrote them."""
+        shutil.copyfile(run_dir / "ledger.jsonl", target / "ledger.jsonl")
+        shutil.copytree(run_dir / "releases", target / "releases")
+        for record in PrivacyLedger(target).records():
+            PrivacyLedger(target).load_release(record.generation)  # each file checked against its sha256
+
+    return _run_in(out, config, plan, info, labels, fresh=True, progress=progress, public_only=True, seed=seed)
+
+
+def _run_in(run_dir: Path, config: RunConfig, plan: PrivacyPlan, info: DatasetInfo, labels: tuple[int, ...], *,
+            fresh: bool, seed: Callable[[Path], None] | None = None, **options: Any) -> RunResult:
+    """Create (or reopen) ``run_dir``, hold its lock, and run; a run that drew no release leaves nothing behind."""
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        if not resume:
-            (run_dir / "config.yaml").write_text(dump_config(config))
-        synthesis = Synthesis(
-            config, run_dir, plan, info, labels,
-            insecure_noise_seed=insecure_noise_seed, progress=progress, after_release=after_release,
-            on_actors=on_actors,
-            keep_populations=keep_populations,
-        )
-        report = synthesis.run()
+        try:
+            with RunLock(run_dir):
+                if fresh:
+                    (run_dir / "config.yaml").write_text(dump_config(config))
+                if not (run_dir / DATASET_FILE).exists():
+                    _write_json_atomic(run_dir / DATASET_FILE, info.to_json())
+                if fresh and seed is not None:
+                    seed(run_dir)
+                report = Synthesis(config, run_dir, plan, info, labels, **options).run()
+        except RunLockedError as exc:
+            raise ConfigError(str(run_dir), "--out" if fresh else "--resume", str(exc)) from None
     except BaseException:
         # A run that drew no release leaves nothing behind; one that did keeps its
         # ledger (the budget is spent) and can be resumed.
         if created and not (run_dir / "ledger.jsonl").exists() and not (run_dir / "releases").exists():
             shutil.rmtree(run_dir, ignore_errors=True)
+        elif created and options.get("public_only"):
+            shutil.rmtree(run_dir, ignore_errors=True)  # a failed rebuild spent nothing
         raise
     return RunResult(run_dir=run_dir, report=report)

@@ -2,7 +2,8 @@
 
 Both are measured against held-out real data by default. The one reference that
 touches the private set (a classifier trained on it) is computed by
-:func:`private_reference_accuracy` and marked as such in the report.
+:func:`private_reference_accuracy`, only when asked for, and kept under the run's
+private/ folder.
 """
 
 from __future__ import annotations
@@ -75,14 +76,20 @@ def private_reference_accuracy(
     embedder: str = "pixels",
     embedder_options: dict | None = None,
     device: str = "cpu",
+    labels: tuple[int, ...] | None = None,
 ) -> float:
-    """Held-out accuracy of the classifier trained on the real private set.
+    """Held-out accuracy of the classifier trained on the real private set (classes ``labels``).
 
-    Touches private data (it is the ceiling synthetic data is compared with); the
-    report marks it so. Run it where private data may be read (a Ray task).
+    Touches private data and is not DP (it is the ceiling synthetic data is compared
+    with): the driver writes it under the run's private/ folder only. Run it where
+    private data may be read (a Ray task).
     """
-    private = load_private(data)
+    private = load_private(data, labels)
     heldout = load_heldout(data)
+    if heldout is None:
+        raise ValueError("the real-data baseline needs held-out data (data.heldout)")
+    if labels is not None:
+        heldout = heldout.restrict(labels)
     if features == "pixels":
         train, test, scale = private.samples, heldout.samples, max_value
     else:

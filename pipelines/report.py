@@ -1,7 +1,9 @@
 """The run's releasable outputs: report.json, synthetic.parquet, plots, summary.
 
-Everything written here is derived from noisy releases, public data or the
-held-out split. Un-noised counts never reach this module.
+Everything written here is a function of the config, the declared public inputs
+(held-out data, the generator), the seed and the recorded noisy releases, apart from
+the declared side channels (:data:`SIDE_CHANNELS`: time and cost). Un-noised counts,
+private records and anything computed from them never reach this module.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipelines.data import write_parquet_atomic
+from pipelines.data import public_size, write_parquet_atomic
 from pipelines.files import write_json_atomic
 from pipelines.metering import plot_cost, run_cost
-from pipelines.privacy import calibration_eps_error, epsilon_closed_form
+from pipelines.privacy import NOISE_SOURCE_SECURE, calibration_eps_error, epsilon_closed_form
 
 if TYPE_CHECKING:
     from pipelines.evolution import Population, Synthesis
@@ -30,6 +32,49 @@ def _version(package: str) -> str:
         return "unknown"
 
 
+# What a run writes that is NOT a function of (config, public inputs, seed, releases): how
+# long things took and what they cost. ``privevo rebuild`` reproduces everything else byte
+# for byte; these keys (anywhere in report.json and checkpoint/state.json), the ledger's
+# ``time`` field and cost.png are the declared side channels.
+SIDE_CHANNELS = ("timing", "metering", "actors", "wall_seconds", "elapsed_seconds", "cost")
+SIDE_CHANNEL_FILES = ("cost.png",)
+
+
+def strip_side_channels(obj: Any) -> Any:
+    """``obj`` (parsed JSON) without the declared side channels, for comparing runs."""
+    if isinstance(obj, dict):
+        return {k: strip_side_channels(v) for k, v in obj.items() if k not in SIDE_CHANNELS}
+    if isinstance(obj, list):
+        return [strip_side_channels(v) for v in obj]
+    return obj
+
+
+def estimated_class_sizes(run: "Synthesis") -> dict[str, dict[str, float]]:
+    """Each class's size estimated from the noisy releases alone (post-processing, no extra cost).
+
+    One private record adds k votes of weight 1/sqrt(k) to its class, so a class's segment
+    of a release sums to sqrt(k) n_c plus the noise of its bins (standard deviation
+    sigma sqrt(bins)); the estimate averages the T releases. Its standard error is given:
+    it is an estimate, never the count.
+    """
+    k = run.config.vote.k
+    estimates: dict[int, list[float]] = {label: [] for label in run.labels}
+    variances: dict[int, list[float]] = {label: [] for label in run.labels}
+    for record in run.ledger.records():
+        noisy = run.ledger.load_release(record.generation)
+        bins = len(noisy) // len(run.labels)
+        for i, label in enumerate(run.labels):
+            estimates[label].append(float(noisy[i * bins:(i + 1) * bins].sum()) / np.sqrt(k))
+            variances[label].append(record.sigma ** 2 * bins / k)
+    out = {}
+    for label in run.labels:
+        n = len(estimates[label])
+        if n:
+            out[str(label)] = {"estimate": float(np.mean(estimates[label])),
+                               "standard_error": float(np.sqrt(np.sum(variances[label])) / n)}
+    return out
+
+
 def build_report(
     run: "Synthesis",
     population: "Population",
@@ -38,7 +83,11 @@ def build_report(
     wall_seconds: float,
     ray_start_seconds: float,
 ) -> dict[str, Any]:
-    """The report of a finished run (see the README for every field)."""
+    """The report of a finished run (see the README for every field).
+
+    Every value outside :data:`SIDE_CHANNELS` is a function of the config, the declared
+    public inputs, the seed and the recorded releases (``privevo rebuild`` checks it).
+    """
     cfg = run.config
     records = run.ledger.records()
     eps_error = calibration_eps_error(cfg.privacy.epsilon)
@@ -47,8 +96,17 @@ def build_report(
     multipliers = [r.noise_multiplier for r in records]
     sources = sorted({r.noise_source for r in records})
     final = state["generations"][-1]
-    stage_totals = {s: float(sum(g["timing"].get(s, 0.0) for g in state["generations"])) for s in STAGES}
+    stage_totals = {s: float(sum(g.get("timing", {}).get(s, 0.0) for g in state["generations"])) for s in STAGES}
     cost = run_cost(state["generations"])
+    info = run.info
+    secure = sources == [NOISE_SOURCE_SECURE]
+    heldout = {
+        "none": "none: no held-out evaluation",
+        "bundled": "the bundled digits' fixed held-out split (public data)",
+        "path": f"data.heldout_path ({Path(cfg.data.heldout_path).name if cfg.data.heldout_path else ''}), declared public",
+        "split": f"the records of data.path whose hash (key data.split_seed) falls below data.heldout_fraction = "
+                 f"{cfg.data.heldout_fraction:g}, declared public",
+    }[info.heldout]
     return {
         "privevo_version": _version("privevo"),
         "name": cfg.name,
@@ -64,35 +122,42 @@ def build_report(
             "sigma_per_release": [r.sigma for r in records],
             "sensitivity": run.mechanism.sensitivity,
             "neighbour_relation": cfg.privacy.neighbour,
-            "unit": "one private sample (sample-level DP)",
+            "unit": "one private record (record-level DP)",
+            "mechanism": f"discrete Gaussian on integer vote counts (scale {run.mechanism.count_scale:.6g} per bin), "
+                         "released as counts / sqrt(k)",
             "threshold": run.threshold,
             "threshold_in_sigmas": cfg.vote.threshold,
             "k": cfg.vote.k,
             "noise_source": sources[0] if len(sources) == 1 else sources,
-            "accountant": f"prv-accountant {_version('prv-accountant')} (upper bound reported); "
-                          "closed form for composed Gaussians as a check",
+            "accountant": f"dp-accounting {_version('dp-accounting')} privacy loss distribution of the discrete "
+                          "Gaussian (pessimistic, upper bound reported); closed form for composed continuous "
+                          "Gaussians as a check",
+            "estimated_class_sizes": estimated_class_sizes(run),
             "assumed_public": {
                 "label_set": list(run.labels),
-                "class_counts": {str(k): run.info.class_counts[k] for k in run.labels},
-                "n_private": sum(run.info.class_counts[k] for k in run.labels),
+                "class_names": {str(k): info.class_names[k] for k in run.labels},
+                "heldout": heldout,
+                "public_size": public_size(cfg.data),
                 "delta": cfg.privacy.delta,
-                "class_names": {str(k): run.info.class_names[k] for k in run.labels},
                 "data_bounds": (
-                    f"pixel values in [0, {run.info.max_value:g}], images {list(run.info.sample_shape)}"
-                    if run.info.modality == "image" else "text; no bounds assumed"
+                    f"pixel values in [0, {info.max_value:g}], images {list(info.sample_shape)}"
+                    if info.modality == "image" else "text; no bounds assumed"
                 ),
-                "generator": f"{cfg.generator.kind} (no private data)",
+                "generator": f"{cfg.generator.kind} (never sees private data)",
                 "seed": "the run seed drives generation and selection only; release noise is "
-                        + ("from OS entropy" if sources == ["os-entropy"] else "SEEDED: this run is NOT private"),
+                        + ("from OpenDP's secure sampler" if secure else "SEEDED: this run is NOT private"),
             },
+            "side_channels": "wall-clock, CPU and GPU seconds and cost (report keys "
+                             + ", ".join(SIDE_CHANNELS) + "; the ledger's time field; cost.png)",
         },
         "generations": state["generations"],
         "evaluation": {
-            "accuracy": final["accuracy"],
-            "frechet_distance": final["frechet_distance"],
+            "accuracy": final.get("accuracy"),
+            "frechet_distance": final.get("frechet_distance"),
             "classifier": cfg.evaluation.classifier,
             "embedding": cfg.embedder.kind,
-            "test_set": f"held-out real {run.info.name} ({len(run.heldout.labels)} samples, disjoint from the private set)",
+            "test_set": (None if run.heldout is None
+                         else f"held-out real {info.name} ({len(run.heldout.labels)} samples, declared public)"),
             "synthetic_samples": len(population),
             "baselines": baselines,
         },
@@ -111,11 +176,14 @@ def build_report(
             "synthetic": "synthetic.parquet",
             "ledger": "ledger.jsonl",
             "releases": "releases/",
-            "plots": ["samples.png" if run.info.modality == "image" else "samples.md", "progress.png", "cost.png"],
-            "private_data_on_disk": (
-                None if getattr(run, "embedding_store", None) is None
-                else f"{run.embedding_store} (private embedding store, owner-only)"
-            ),
+            "dataset": "dataset.json",
+            "plots": ["samples.png" if info.modality == "image" else "samples.md", "progress.png", "cost.png"],
+            "private": {
+                "folder": "private/ (owner-only; not an output: never copy it with the run)",
+                "real_baseline": "private/real_baseline.json" if cfg.evaluation.real_baseline else None,
+                "embedding_store": None if run.embedding_store is None else "outside the run directory "
+                                   "(see vote.embedding_store)",
+            },
         },
     }
 
@@ -125,7 +193,9 @@ def write_outputs(run: "Synthesis", population: "Population", report: dict[str, 
     out = run.run_dir
     write_parquet_atomic(population.table(run.info.max_value), out / "synthetic.parquet")
     if run.info.modality == "image":
-        plot_samples(population, run.heldout.samples, run.heldout.labels, run.labels, run.info.max_value, out / "samples.png")
+        # held-out images are drawn only when declared public (run.heldout is None otherwise)
+        real = (None, None) if run.heldout is None else (run.heldout.samples, run.heldout.labels)
+        plot_samples(population, *real, run.labels, run.info.max_value, out / "samples.png")
     else:
         write_text_samples(population, run.info.class_names, run.labels, out / "samples.md")
     plot_progress(report, out / "progress.png")
@@ -134,7 +204,7 @@ def write_outputs(run: "Synthesis", population: "Population", report: dict[str, 
 
 
 def plot_samples(population, real_images, real_labels, labels, max_value: float, path: Path, per_class: int = 8) -> None:
-    """A grid: per class, synthetic samples on the left, held-out real ones on the right."""
+    """A grid: per class, synthetic samples on the left, held-out real ones (if declared public) on the right."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,7 +215,7 @@ def plot_samples(population, real_images, real_labels, labels, max_value: float,
     axes = np.atleast_2d(axes)
     for r, label in enumerate(labels):
         syn = np.flatnonzero(population.batch.labels == label)
-        real = np.flatnonzero(real_labels == label)
+        real = np.flatnonzero(real_labels == label) if real_labels is not None else np.zeros(0, dtype=np.int64)
         syn = rng.choice(syn, size=min(per_class, len(syn)), replace=False)
         real = rng.choice(real, size=min(per_class, len(real)), replace=False)
         cells = [population.batch.samples[i] for i in syn] + [None] + [real_images[i] for i in real]
@@ -157,7 +227,8 @@ def plot_samples(population, real_images, real_labels, labels, max_value: float,
                 else:
                     ax.imshow(cells[c], cmap="gray_r", vmin=0, vmax=max_value)
         axes[r][0].set_title(str(label), fontsize=6, loc="left")
-    fig.suptitle("synthetic (left) | held-out real (right)", fontsize=8)
+    fig.suptitle("synthetic (left) | held-out real, declared public (right)" if real_labels is not None
+                 else "synthetic (no held-out data declared public)", fontsize=8)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
@@ -176,7 +247,10 @@ def write_text_samples(population, class_names, labels, path: Path, per_class: i
 
 
 def plot_progress(report: dict[str, Any], path: Path) -> None:
-    """Accuracy and Frechet distance per generation, with the two reference rows."""
+    """Accuracy and Frechet distance per generation, with the prior-only reference row.
+
+    Nothing trained on private data is drawn (the opt-in real-data baseline stays in private/).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -187,11 +261,14 @@ def plot_progress(report: dict[str, Any], path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3))
     ax1.plot(x, [g["accuracy"] for g in gens], marker="o", label="synthetic")
     base = report["evaluation"]["baselines"]
-    ax1.axhline(base["real"]["accuracy"], color="k", ls="--", lw=1, label="real private set")
-    ax1.axhline(base["generation0"]["accuracy"], color="gray", ls=":", lw=1, label="prior only")
+    if base["generation0"].get("accuracy") is not None:
+        ax1.axhline(base["generation0"]["accuracy"], color="gray", ls=":", lw=1, label="prior only")
     ax1.set_xlabel("generation")
     ax1.set_ylabel("held-out accuracy")
-    ax1.legend(fontsize=7)
+    if gens:
+        ax1.legend(fontsize=7)
+    else:
+        ax1.set_title("no held-out data declared public: nothing evaluated", fontsize=7)
     ax2.plot(x, [g["frechet_distance"] for g in gens], marker="o", color="C1")
     ax2.set_xlabel("generation")
     ax2.set_ylabel("Frechet distance to held-out")
@@ -215,11 +292,17 @@ def summary_lines(report: dict[str, Any], run_dir: Path) -> list[str]:
         f"noise              multiplier {p['noise_multiplier']:.3f}, {p['releases']} releases, "
         f"threshold {p['threshold']:.2f}, noise from {p['noise_source']}",
         f"generations        {p['releases']}",
-        f"accuracy           {e['accuracy']:.4f} synthetic | {e['baselines']['generation0']['accuracy']:.4f} prior only"
-        f" | {e['baselines']['real']['accuracy']:.4f} real private set ({e['classifier']}, held-out real test)",
-        f"frechet distance   {e['frechet_distance']:.3f} (prior only {e['baselines']['generation0']['frechet_distance']:.3f})",
-        f"wall time          {t['wall_seconds']:.1f} s (Ray start {t['ray_start_seconds']:.1f} s)",
     ]
+    prior = e["baselines"]["generation0"]
+    if e["accuracy"] is None:
+        lines.append("accuracy           not evaluated (no held-out data declared public: data.heldout)")
+    else:
+        lines += [
+            f"accuracy           {e['accuracy']:.4f} synthetic | {prior['accuracy']:.4f} prior only"
+            f" ({e['classifier']}, held-out real test)",
+            f"frechet distance   {e['frechet_distance']:.3f} (prior only {prior['frechet_distance']:.3f})",
+        ]
+    lines.append(f"wall time          {t['wall_seconds']:.1f} s (Ray start {t['ray_start_seconds']:.1f} s)")
     cost = report.get("cost")
     if cost and cost["wall_seconds"] > 0:
         lines.append(
@@ -227,6 +310,6 @@ def summary_lines(report: dict[str, Any], run_dir: Path) -> list[str]:
             f"({cost['gpu_hours_per_1000_samples']:.4f} per 1,000 samples), "
             f"orchestration overhead {100 * cost['overhead_fraction']:.1f}% of generation wall"
         )
-    if p["noise_source"] != "os-entropy":
+    if p["noise_source"] != NOISE_SOURCE_SECURE:
         lines.append("WARNING            release noise was SEEDED: this run gives no privacy")
     return lines

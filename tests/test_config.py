@@ -76,7 +76,7 @@ def test_yaml_is_data_not_code(tmp_path):
     "override, field, words",
     [
         ("privacy.delta=0.001", "privacy.delta", "not below 1/n"),
-        ("data.labels=[0,1,12]", "data.labels", "empty class"),
+        ("data.labels=[0,1,12]", "data.labels", "not a declared class"),
         ("data.labels=[]", "data.labels", "empty"),
         ("vote.k=500", "vote.k", "exceed"),
         ("privacy.epsilon=0", "privacy.epsilon", "greater than 0"),

@@ -1,12 +1,14 @@
 """The private embedding store and the parquet_shards data kind.
 
 The store must hold exactly what an in-actor voter would embed, be reused only
-when it matches, rebuild after a crash, stay owner-only, and give a synthesize run
-the same releases as in-actor embedding.
+when its content matches (a record replaced by one of the same size and time is
+new content), rebuild after a crash, stay owner-only and outside the run
+directory, and give a synthesize run the same releases as in-actor embedding.
 """
 
 import io
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -18,18 +20,28 @@ from PIL import Image
 from actors.embedders import make_embedder
 from pipelines import data as data_module
 from pipelines.config import ConfigError, parse_config
-from pipelines.data import dataset_info, load_heldout, load_private
+from pipelines.data import (
+    DataError,
+    check_private_labels,
+    dataset_info,
+    load_heldout,
+    load_private,
+)
 from pipelines.embed_store import (
+    AUTO_MIN_SAMPLES,
     MANIFEST,
     UNITS,
     _complete,
     build_store,
+    check_setting,
     load_class,
     read_manifest,
     store_key,
+    store_path,
 )
 
 CLASSES = 3
+NAMES = [str(c) for c in range(CLASSES)]
 
 
 def data_dict(**fields):
@@ -71,7 +83,7 @@ def digits_shards(root, per_class=16, seed=0):
 
 
 def shards_config(root, **extra):
-    return data_dict(kind="parquet_shards", path=str(root), image_size=[8, 8], channels=1, **extra)
+    return data_dict(kind="parquet_shards", path=str(root), image_size=[8, 8], channels=1, class_names=NAMES, **extra)
 
 
 # --------------------------------------------------------------------------- parquet_shards
@@ -80,23 +92,29 @@ def shards_config(root, **extra):
 def test_parquet_shards_read_every_layout_in_order(tmp_path):
     images, labels = digits_shards(tmp_path / "train")
     held_images, _ = digits_shards(tmp_path / "test", per_class=4, seed=1)
-    data = shards_config(tmp_path / "train", heldout_path=str(tmp_path / "test"))
+    data = shards_config(tmp_path / "train", heldout="path", heldout_path=str(tmp_path / "test"))
     info = dataset_info(data)
     assert info.sample_shape == (8, 8) and info.max_value == 255 and info.labels == (0, 1, 2)
-    assert info.class_counts == {c: int(np.sum(labels == c)) for c in range(CLASSES)}
+    assert info.heldout == "path"
+    check_private_labels(data)
     private = load_private(data)
     np.testing.assert_array_equal(private.samples, images.astype(np.float32))
     np.testing.assert_array_equal(private.labels, labels)
     only = load_private(data, labels=(2,))
     np.testing.assert_array_equal(only.samples, images[labels == 2].astype(np.float32))
     np.testing.assert_array_equal(load_heldout(data).samples, held_images.astype(np.float32))
-    # without heldout_path: a stratified split of the shards, the same as the info's counts
-    split = shards_config(tmp_path / "train", heldout_fraction=0.25)
-    assert len(load_private(split).labels) == dataset_info(split).n_private == 36
-    assert len(load_heldout(split).labels) == 12
+    # heldout: split: each row by the hash of its own image and label; the two sides partition the shards
+    split = shards_config(tmp_path / "train", heldout="split", heldout_fraction=0.25)
+    kept, held = load_private(split), load_heldout(split)
+    assert len(kept.labels) + len(held.labels) == len(labels) and len(held.labels) > 0
+    together = {(int(l), s.tobytes()) for s, l in zip(kept.samples, kept.labels)} | \
+               {(int(l), s.tobytes()) for s, l in zip(held.samples, held.labels)}
+    assert together == {(int(l), s.astype(np.float32).tobytes()) for s, l in zip(images, labels)}
+    # without a held-out declaration there is none
+    assert load_heldout(shards_config(tmp_path / "train")) is None
 
 
-def test_parquet_shards_info_reads_the_label_column_only(tmp_path, monkeypatch):
+def test_parquet_shards_labels_are_read_from_the_label_column_only(tmp_path, monkeypatch):
     root = tmp_path / "shards"
     root.mkdir()
     garbage = pa.array([b"not an image"] * 6, type=pa.binary())
@@ -109,8 +127,10 @@ def test_parquet_shards_info_reads_the_label_column_only(tmp_path, monkeypatch):
         return real(path, *args, columns=columns, **kwargs)
 
     monkeypatch.setattr(data_module.pq, "read_table", spy)
-    data = shards_config(root, heldout_fraction=0.5)
-    assert dataset_info(data).class_counts == {0: 1, 1: 1, 2: 1}
+    data = shards_config(root)
+    dataset_info(data)
+    assert reads == []  # the description reads footers only
+    check_private_labels(data)
     assert reads and all(cols == ["label"] for cols in reads)
     with pytest.raises(Exception, match="cannot identify image"):
         load_private(data)  # the pixels were never needed until now
@@ -132,14 +152,13 @@ def write_table(path, **columns):
     ],
 )
 def test_bad_parquet_shards_are_refused_naming_the_field(tmp_path, setup, field):
-    from pipelines.evolution import check_config
-
     setup(tmp_path / "shards")
     config = small_config(**{"data.kind": "parquet_shards", "data.path": str(tmp_path / "shards"),
-                             "data.image_size": "[8, 8]", "data.channels": 1})
-    with pytest.raises(ConfigError) as info:
-        check_config(config, "run.yaml")
-    assert info.value.field == field and "run.yaml" in str(info.value)
+                             "data.image_size": "[8, 8]", "data.channels": 1, "data.class_names": "[a]"})
+    for call in (dataset_info, check_private_labels):
+        with pytest.raises(DataError) as info:
+            call(config.data)
+        assert info.value.field == field and str(tmp_path / "shards") in str(info.value)
 
 
 def test_parquet_shards_need_an_image_size(tmp_path):
@@ -163,16 +182,17 @@ def in_actor_embeddings(data, max_value):
 def test_store_holds_exactly_the_in_actor_embeddings(tmp_path, ray_session, kind):
     if kind == "image_folder":
         digits_image_folder(tmp_path / "train", per_class=10, size=8)
-        data = data_dict(kind=kind, path=str(tmp_path / "train"), image_size=[8, 8], heldout_fraction=0.2)
+        data = data_dict(kind=kind, path=str(tmp_path / "train"), image_size=[8, 8], class_names=sorted(
+            p.name for p in (tmp_path / "train").iterdir()), heldout="split", heldout_fraction=0.2)
     else:
         digits_shards(tmp_path / "train")
-        data = shards_config(tmp_path / "train", heldout_fraction=0.2)
-    store = tmp_path / "run" / "private" / "embeddings"
+        data = shards_config(tmp_path / "train", heldout="split", heldout_fraction=0.2)
+    store = tmp_path / "private" / "embeddings"
     manifest = build_store(store, data, "pixels", {}, 255.0, concurrency=2, num_cpus=0.25, unit_size=7)
-    assert manifest["reused"] is False
+    assert manifest["reused"] is False and manifest["store"] == str(store)
+    assert "class_counts" not in manifest and "key" not in manifest  # the summary carries no count
     expected = in_actor_embeddings(data, 255.0)
-    assert manifest["class_counts"] == {str(c): len(e) for c, e in expected.items()}
-    assert manifest["class_counts"] == {str(c): n for c, n in dataset_info(data).class_counts.items()}
+    assert read_manifest(store)["class_counts"] == {str(c): len(e) for c, e in expected.items()}
     for c, want in expected.items():
         np.testing.assert_array_equal(load_class(store, c), want)
         # three shards of the class: disjoint, together the whole class, in row order
@@ -185,10 +205,12 @@ def test_store_holds_exactly_the_in_actor_embeddings(tmp_path, ray_session, kind
 
 
 def test_partial_or_stale_store_is_rebuilt(tmp_path, ray_session):
-    digits_image_folder(tmp_path / "train", per_class=8, size=8)
-    data = data_dict(kind="image_folder", path=str(tmp_path / "train"), image_size=[8, 8], heldout_fraction=0.25)
+    names = digits_image_folder(tmp_path / "train", per_class=8, size=8)
+    data = data_dict(kind="image_folder", path=str(tmp_path / "train"), image_size=[8, 8], class_names=names,
+                     heldout="split", heldout_fraction=0.25)
     store = tmp_path / "store"
-    manifest = build_store(store, data, "pixels", {}, 255.0, concurrency=1, num_cpus=0.25, unit_size=5)
+    build_store(store, data, "pixels", {}, 255.0, concurrency=1, num_cpus=0.25, unit_size=5)
+    manifest = read_manifest(store)
     files = sorted(p.name for p in (store / UNITS).iterdir())
     key = manifest["key"]
     assert _complete(store, key) is not None
@@ -218,15 +240,17 @@ def test_partial_or_stale_store_is_rebuilt(tmp_path, ray_session):
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::pipelines.privacy.InsecureNoiseWarning")
-def test_synthesize_with_store_and_split_classes_equals_in_actor(tmp_path, ray_session):
+def test_synthesize_with_store_and_split_classes_equals_in_actor(tmp_path, ray_session, monkeypatch):
     """Same seeds: the store, and two shards splitting every class, change no release."""
     from pipelines.evolution import synthesize
     from pipelines.privacy import PrivacyLedger
 
+    monkeypatch.setenv("PRIVEVO_PRIVATE_DIR", str(tmp_path / "private-root"))
     overrides = {"generations": 2, "data.labels": "[0, 1, 2]", "population.final_per_class": 24,
                  "evaluation.every_generation": False}
     plain = synthesize(small_config(**overrides, **{"vote.embedding_store": "off"}), tmp_path / "plain",
                        insecure_noise_seed=5)
+    assert not (tmp_path / "private-root" / "embeddings").exists()
     stored = synthesize(
         small_config(**overrides, **{"vote.embedding_store": "on", "resources.voter_shards": 2,
                                      "resources.voter_split": "samples"}),
@@ -237,10 +261,74 @@ def test_synthesize_with_store_and_split_classes_equals_in_actor(tmp_path, ray_s
                                       PrivacyLedger(plain.run_dir).load_release(generation))
     a, b = (pq.read_table(r.run_dir / "synthetic.parquet").drop_columns(["png"]) for r in (plain, stored))
     assert a.equals(b)
-    store = stored.run_dir / "private" / "embeddings"
-    digits = dataset_info({"kind": "digits"}).class_counts
-    assert read_manifest(store)["class_counts"] == {str(c): n for c, n in digits.items()}  # the whole set
-    assert oct((stored.run_dir / "private").stat().st_mode & 0o777) == "0o700"
-    assert str(store) in stored.report["outputs"]["private_data_on_disk"]
-    assert plain.report["outputs"]["private_data_on_disk"] is None
-    assert not (plain.run_dir / "private").exists()
+    (store,) = (tmp_path / "private-root" / "embeddings").iterdir()  # outside the run directory
+    private = load_private({"kind": "digits"})
+    counts = {str(c): int(np.sum(private.labels == c)) for c in range(10)}
+    assert read_manifest(store)["class_counts"] == counts  # the whole set
+    for folder in (store, store.parent.parent):
+        assert oct(folder.stat().st_mode & 0o777) == "0o700"
+    for run in (plain, stored):
+        assert not any(p.name == MANIFEST for p in run.run_dir.rglob("*"))
+
+
+# --------------------------------------------------------------------------- content keys and where
+
+
+def bmp_folder(root, per_class=4):
+    """An image folder of BMP files: every image of one size has the same byte size."""
+    rng = np.random.default_rng(1)
+    for c in range(CLASSES):
+        (root / NAMES[c]).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(root / NAMES[c] / f"{i}.bmp")
+
+
+def test_a_same_size_replacement_invalidates_the_store(tmp_path, ray_session):
+    bmp_folder(tmp_path / "train")
+    data = data_dict(kind="image_folder", path=str(tmp_path / "train"), image_size=[8, 8], class_names=NAMES)
+    store = tmp_path / "store"
+    build_store(store, data, "pixels", {}, 255.0, concurrency=1, num_cpus=0.25, unit_size=5)
+    before = load_class(store, 1)
+    victim = tmp_path / "train" / "1" / "2.bmp"
+    stat = victim.stat()
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched, same content: reused
+    assert build_store(store, data, "pixels", {}, 255.0, concurrency=1, num_cpus=0.25, unit_size=5)["reused"]
+    stat = victim.stat()
+    Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(victim)  # another record, same size and time
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert victim.stat().st_size == stat.st_size and victim.stat().st_mtime_ns == stat.st_mtime_ns
+    assert _complete(store, read_manifest(store)["key"]) is not None
+    rebuilt = build_store(store, data, "pixels", {}, 255.0, concurrency=1, num_cpus=0.25, unit_size=5)
+    assert rebuilt["reused"] is False
+    expected = in_actor_embeddings(data, 255.0)
+    for c in range(CLASSES):
+        np.testing.assert_array_equal(load_class(store, c), expected[c])
+    assert not np.array_equal(load_class(store, 1), before)
+
+
+def test_store_path_is_outside_the_run_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRIVEVO_PRIVATE_DIR", str(tmp_path / "secret" / "root"))
+    digits_image_folder(tmp_path / "train", per_class=2)
+    data = data_dict(kind="image_folder", path=str(tmp_path / "train"), image_size=[8, 8],
+                     class_names=["digit0", "digit1", "digit2"])
+    run_dir = tmp_path / "run"
+    assert store_path("off", data, run_dir) is None
+    on = store_path("on", data, run_dir, embedder="pixels")
+    assert on.parent == tmp_path / "secret" / "root" / "embeddings" and len(on.name) == 16
+    assert run_dir not in on.parents
+    for folder in (tmp_path / "secret", tmp_path / "secret" / "root"):
+        assert oct(folder.stat().st_mode & 0o777) == "0o700"
+    assert store_path("on", data, run_dir, embedder="pixels") == on  # stable
+    assert store_path("on", data, run_dir, embedder="clip", embedder_options={"model_path": "m"}) != on
+    moved = {**data, "path": str(tmp_path / "elsewhere")}
+    assert store_path("on", moved, run_dir) != on
+    # auto decides on the declared size, never a count of the private set
+    assert store_path("auto", data, run_dir) is None
+    assert store_path("auto", {**data, "public_size": AUTO_MIN_SAMPLES - 1}, run_dir) is None
+    assert store_path("auto", {**data, "public_size": AUTO_MIN_SAMPLES}, run_dir) == on
+    assert store_path("auto", {"kind": "digits", "public_size": 10**6}, run_dir) is None  # not a store kind
+    shared = tmp_path / "shared"
+    assert store_path(str(shared), data, run_dir) == shared
+    assert check_setting(str(run_dir / "private" / "embeddings"), run_dir) is not None
+    with pytest.raises(ValueError, match="inside the run directory"):
+        store_path(str(run_dir / "x"), data, run_dir)

@@ -53,8 +53,8 @@ def test_shards_splitting_a_class_sum_to_the_single_voter_histogram(tmp_path):
         assert sum(s.held()[c] for s in shards) == sizes[c]
     assert min(s.held()[1] for s in shards) == 0
 
-    summed = merge_vote_counts(partial, labels, k)
-    np.testing.assert_array_equal(summed, merge_vote_counts([single], labels, k))
+    summed = merge_vote_counts(partial, labels)
+    np.testing.assert_array_equal(summed, merge_vote_counts([single], labels))
     expected = np.concatenate([
         vote_histogram(exact_knn(private[c], synthetic[c], min(k, len(synthetic[c]))), len(synthetic[c]))
         for c in labels
@@ -77,7 +77,7 @@ def test_in_actor_shards_split_classes_like_store_shards():
     single = VoterShard(data, labels, "pixels", 16.0, (8, 8), 2).vote_counts(labels, *synthetic)
     parts = [VoterShard(data, labels, "pixels", 16.0, (8, 8), 2, part=(i, 2)).vote_counts(labels, *synthetic)
              for i in range(2)]
-    np.testing.assert_array_equal(merge_vote_counts(parts, labels, 2), merge_vote_counts([single], labels, 2))
+    np.testing.assert_array_equal(merge_vote_counts(parts, labels), merge_vote_counts([single], labels))
     assert all(np.any(p[c] != single[c]) for p in parts for c in labels)  # the parts differ from the whole
 
 

@@ -1,11 +1,12 @@
-"""The privacy core: Gaussian mechanism, noise calibration, PRV accounting, the privacy ledger.
+"""The privacy core: discrete Gaussian release, secure noise, PLD accounting, the privacy ledger.
 
-This is the part a privacy reviewer must read. It imports numpy, scipy and prv_accountant only
-(never ray or torch) and uses no global RNG.
+This is the part a privacy reviewer must read. It imports numpy, scipy, dp_accounting and (only
+when secure noise is asked for) opendp; never ray or torch, and it uses no global RNG.
 """
 
 from .accounting import (
     DEFAULT_EPS_ERROR,
+    PLAN_TOLERANCE,
     BudgetError,
     EpsilonBound,
     PrivacyPlan,
@@ -18,22 +19,48 @@ from .accounting import (
     noise_multiplier_closed_form,
     plan_releases,
 )
-from .ledger import LEDGER_FILE, RELEASES_DIR, PrivacyLedger, ReleaseRecord, RepairResult
+from .ledger import (
+    LEDGER_FILE,
+    LOST_DIR,
+    RELEASES_DIR,
+    PrivacyLedger,
+    ReleaseRecord,
+    RepairResult,
+)
 from .mechanism import (
-    NOISE_SOURCE_OS,
+    MECHANISM,
+    NEIGHBOURS,
+    NOISE_SOURCE_SECURE,
     NOISE_SOURCE_SEEDED,
     NOISE_SOURCES,
     GaussianMechanism,
     InsecureNoiseWarning,
+    NoiseSource,
     noise_source_of,
-    release_rng,
+    secure_noise,
+    seeded_noise,
 )
 
 __all__ = [
     "DEFAULT_EPS_ERROR",
+    "LEDGER_FILE",
+    "LOST_DIR",
+    "MECHANISM",
+    "NEIGHBOURS",
+    "NOISE_SOURCES",
+    "NOISE_SOURCE_SECURE",
+    "NOISE_SOURCE_SEEDED",
+    "PLAN_TOLERANCE",
+    "RELEASES_DIR",
     "BudgetError",
     "EpsilonBound",
+    "GaussianMechanism",
+    "InsecureNoiseWarning",
+    "NoiseSource",
+    "PrivacyLedger",
     "PrivacyPlan",
+    "ReleaseRecord",
+    "RepairResult",
     "calibrate_noise_multiplier",
     "calibration_eps_error",
     "delta_closed_form",
@@ -41,17 +68,8 @@ __all__ = [
     "epsilon_spent",
     "gaussian_mu",
     "noise_multiplier_closed_form",
-    "plan_releases",
-    "LEDGER_FILE",
-    "RELEASES_DIR",
-    "PrivacyLedger",
-    "ReleaseRecord",
-    "RepairResult",
-    "NOISE_SOURCE_OS",
-    "NOISE_SOURCE_SEEDED",
-    "NOISE_SOURCES",
-    "GaussianMechanism",
-    "InsecureNoiseWarning",
     "noise_source_of",
-    "release_rng",
+    "plan_releases",
+    "secure_noise",
+    "seeded_noise",
 ]

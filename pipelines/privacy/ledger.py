@@ -1,78 +1,124 @@
-"""The privacy ledger of a run directory: every noisy release, durable before it is used.
+"""The privacy ledger of a run directory: every drawn release, durable before it is used.
 
-What: an append-only record of the Gaussian releases a run has made, from which the privacy
-spent is computed, and the released (noisy) histograms themselves.
+What: an append-only record of the discrete Gaussian releases a run has drawn, from which the
+privacy spent is computed, and the released (noisy) histograms themselves.
 
-Why: the budget is spent when noise is *drawn and kept*, not when a generation finishes. A run
-that crashes and resumes must neither draw a release twice (two noisy looks at the same counts
-spend twice, and averaging them removes noise) nor forget one it made. So a release is made
-durable on disk before anything uses it, and resume reads what happened from here.
+Why: the budget is spent when noise is *drawn*, not when a generation finishes. A run that
+crashes and resumes must neither draw a release twice unknowingly (two noisy looks at the same
+counts spend twice, and averaging them removes noise) nor forget one it made. So a release is
+made durable on disk before anything uses it, resume reads what happened from here, and a
+release that a crash left half-filed is still counted.
 
 Layout of ``RUN_DIR``::
 
-    ledger.jsonl               one JSON line (a ``ReleaseRecord``) per release, in order
+    ledger.jsonl               one JSON line (a ``ReleaseRecord``) per drawn release, in order
     releases/gen_0001.json     sidecar: the same record, written before the histogram
     releases/gen_0001.npy      the noisy histogram of release 1 (DP output, safe to keep)
+    releases/lost/             files of lost releases, moved aside by ``repair()``
+    .lock                      ``pipelines.files.RunLock``: one writer per run directory
 
-Write order of ``record_release`` (each step atomic and fsynced, directory entries fsynced):
+Write order of ``record_release``; each file is created exclusively (a temp file
+``.gen_XXXX.{json,npy}.*.tmp``, fsynced, hard-linked to its final name, which fails if that
+name exists, then unlinked; directory fsynced), so no release file is ever replaced:
 
 1. ``releases/gen_XXXX.json``: the full record (metadata and the sha256 of the npy bytes);
 2. ``releases/gen_XXXX.npy``: the noisy histogram;
-3. the record's line appended to ``ledger.jsonl``.
+3. the record's line appended to ``ledger.jsonl`` and fsynced. Only now may the caller use it.
 
-A crash between 2 and 3 leaves an *orphan*: its noise was drawn and is on disk, so its budget is
-spent. ``repair()`` adopts it by appending the sidecar's record (after checking the npy's sha256)
-and never redraws it. A crash during 3 leaves a torn last line, which readers ignore and
-``repair()`` truncates (its release is then adopted as an orphan). A crash before 2 completes
-leaves only a sidecar or a temp file: that noise never reached disk and was never used, so
-``repair()`` deletes them and the release may be drawn afresh.
+What a crash leaves, and what ``repair()`` does with it:
 
-Nothing here ever holds an un-noised count: callers pass the already-noised array, and only it and
-the mechanism's parameters are stored. One writer per run directory is assumed (the PE driver).
+- a torn last ledger line (no newline, or invalid JSON on the last line): readers ignore it,
+  ``repair()`` truncates it; its release then shows up as an orphan (next case);
+- an *orphan*, a verified ``gen_XXXX.npy`` (sha256 equal to its sidecar's) with no ledger line:
+  its record is appended (adopted). It is never redrawn;
+- a sidecar whose npy never got its name, but with a complete temp ``.gen_XXXX.npy.*.tmp``
+  whose sha256 equals the sidecar's (crash between the fsync and the link): the temp is linked
+  into place and adopted like an orphan;
+- a sidecar (or a sidecar temp that parses) whose npy is missing, torn or does not verify: the
+  noise was drawn but never completely stored, and never used (nothing is used before its
+  ledger line). It is recorded as *lost*: the sidecar's record with ``lost: true`` and
+  ``file: ""``. A lost release counts in ``epsilon_spent`` (a drawn release is spent), is never
+  loaded, and its generation may be drawn again (the driver does, and the report shows the
+  extra spend). Its sidecar and any unverified npy are moved to ``releases/lost/``, torn temps
+  deleted. Recording comes first, moving second; a repair interrupted in between recognises the
+  sidecar's record among the lost ones and only moves it;
+- a sidecar temp that does not parse (crash while writing its few hundred bytes, before any
+  histogram byte was written): deleted; the release may be drawn afresh;
+- an npy (or npy temp) with no sidecar at all cannot come from this write order: ``repair()``
+  refuses (``ValueError``), since budget may have been spent that cannot be accounted for.
+
+The ledger and a driver's checkpoint are bound by ``digest(n)`` (sha256 of the first ``n``
+ledger lines): the checkpoint stores ``(n, digest)`` and resume checks it.
+
+Nothing here ever holds an un-noised count: callers pass the released array (floats: the integer
+vote counts are refused), and only it and the mechanism's parameters are stored.
 
 This module imports numpy only (and the sibling privacy modules).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from pipelines.files import create_bytes_atomic as _create_atomic
 from pipelines.files import fsync_dir as _fsync_dir
-from pipelines.files import write_bytes_atomic as _atomic_write
 
 from .accounting import DEFAULT_EPS_ERROR, EpsilonBound, epsilon_spent
-from .mechanism import NOISE_SOURCES, positive_finite
+from .mechanism import MECHANISM, NOISE_SOURCES, positive_finite, positive_int
 
-__all__ = ["LEDGER_FILE", "RELEASES_DIR", "PrivacyLedger", "ReleaseRecord", "RepairResult"]
+__all__ = [
+    "LEDGER_FILE",
+    "LOST_DIR",
+    "RELEASES_DIR",
+    "PrivacyLedger",
+    "ReleaseRecord",
+    "RepairResult",
+]
 
 LEDGER_FILE = "ledger.jsonl"
 RELEASES_DIR = "releases"
+LOST_DIR = "lost"
 
 _NPY_RE = re.compile(r"^gen_(\d{4,})\.npy$")
 _SIDECAR_RE = re.compile(r"^gen_(\d{4,})\.json$")
-_TEMP_RE = re.compile(r"^\.gen_\d{4,}\.(npy|json)\..*\.tmp$")
+_TEMP_RE = re.compile(r"^\.gen_(\d{4,})\.(npy|json)\..*\.tmp$")
+
+#: Relative tolerance of the consistency checks between a record's numbers.
+_RTOL = 1e-9
 
 
 def _stem(generation: int) -> str:
     return f"gen_{generation:04d}"
 
 
+def _is_number(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float))
+
+
 @dataclass(frozen=True)
 class ReleaseRecord:
-    """One noisy release: which generation, with what mechanism, and where its output lies.
+    """One drawn release: which generation, with what mechanism, and where its output lies.
 
+    ``mechanism`` is ``"discrete_gaussian"``: discrete Gaussian noise of scale ``count_scale``
+    on ``n_bins`` integer vote counts, ``k`` votes per private record, ``coordinates`` unit-count
+    bins one record can change (k, or 2k under replace-one). ``noise_multiplier`` is what the
+    accountant composes (``count_scale == noise_multiplier * sqrt(coordinates)``);
+    ``sensitivity`` (vote units: 1, or sqrt(2) under replace-one) and ``sigma`` (noise std in
+    vote units, ``noise_multiplier * sensitivity``) describe it in the PE papers' terms.
     ``file`` is relative to the run directory; ``sha256`` is the digest of that file's bytes;
-    ``time`` is ISO 8601 UTC.
+    ``time`` is ISO 8601 UTC. A *lost* release (``lost``; see the module docstring) has
+    ``file == ""``: it was drawn and counts, but its histogram was never stored.
     """
 
     generation: int
@@ -85,6 +131,11 @@ class ReleaseRecord:
     sha256: str
     noise_source: str
     time: str
+    mechanism: str
+    k: int
+    coordinates: int
+    count_scale: float
+    lost: bool = False
 
     def to_json(self) -> str:
         """One line of JSON (no newline), keys sorted."""
@@ -92,7 +143,7 @@ class ReleaseRecord:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ReleaseRecord:
-        """Parse and type-check one record; ``ValueError`` says what is wrong."""
+        """Parse and check one record; ``ValueError`` says what is wrong."""
         try:
             obj = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -106,59 +157,117 @@ class ReleaseRecord:
             raise ValueError(
                 f"expected fields {sorted(names)}; missing {missing}, unexpected {extra}"
             )
-        for name in ("generation", "n_bins"):
+        for name in ("generation", "n_bins", "k", "coordinates"):
             if isinstance(obj[name], bool) or not isinstance(obj[name], int):
                 raise ValueError(f"{name}: expected an integer, got {obj[name]!r}")
-        for name in ("noise_multiplier", "sigma", "sensitivity", "threshold"):
-            value = obj[name]
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{name}: expected a number, got {value!r}")
-            obj[name] = float(value)
-        for name in ("file", "sha256", "noise_source", "time"):
+        for name in ("noise_multiplier", "sigma", "sensitivity", "threshold", "count_scale"):
+            if not _is_number(obj[name]):
+                raise ValueError(f"{name}: expected a number, got {obj[name]!r}")
+            obj[name] = float(obj[name])
+        for name in ("file", "sha256", "noise_source", "time", "mechanism"):
             if not isinstance(obj[name], str):
                 raise ValueError(f"{name}: expected a string, got {obj[name]!r}")
-        if not (math.isfinite(obj["noise_multiplier"]) and obj["noise_multiplier"] > 0):
+        if not isinstance(obj["lost"], bool):
+            raise ValueError(f"lost: expected true or false, got {obj['lost']!r}")
+        record = cls(**obj)
+        record.check()
+        return record
+
+    def check(self) -> None:
+        """Refuse (``ValueError``) a record whose numbers do not describe one consistent
+        discrete Gaussian release (the accountant trusts ``noise_multiplier`` and
+        ``coordinates``, so they must match the noise that was drawn)."""
+        if self.generation < 1:
+            raise ValueError(f"generation: expected an integer >= 1, got {self.generation!r}")
+        if self.n_bins < 0:
+            raise ValueError(f"n_bins: expected an integer >= 0, got {self.n_bins!r}")
+        if self.mechanism != MECHANISM:
+            raise ValueError(f"mechanism: expected {MECHANISM!r}, got {self.mechanism!r}")
+        if self.noise_source not in NOISE_SOURCES:
             raise ValueError(
-                f"noise_multiplier: expected a number > 0, got {obj['noise_multiplier']!r}"
+                f"noise_source: expected one of {NOISE_SOURCES}, got {self.noise_source!r}"
             )
-        if obj["noise_source"] not in NOISE_SOURCES:
+        s = self.noise_multiplier
+        if not (math.isfinite(s) and s > 0):
+            raise ValueError(f"noise_multiplier: expected a number > 0, got {s!r}")
+        if self.k < 1 or self.coordinates not in (self.k, 2 * self.k):
             raise ValueError(
-                f"noise_source: expected one of {NOISE_SOURCES}, got {obj['noise_source']!r}"
+                f"coordinates: expected k ({self.k}, add/remove) or 2k (replace), "
+                f"got {self.coordinates!r}"
             )
-        return cls(**obj)
+        sensitivity = 1.0 if self.coordinates == self.k else math.sqrt(2.0)
+        expected = {
+            "sensitivity": sensitivity,
+            "sigma": s * sensitivity,
+            "count_scale": s * math.sqrt(self.coordinates),
+        }
+        for name, value in expected.items():
+            if not math.isclose(getattr(self, name), value, rel_tol=_RTOL):
+                raise ValueError(
+                    f"{name}: expected {value!r} for noise multiplier {s!r}, k {self.k}, "
+                    f"coordinates {self.coordinates}; got {getattr(self, name)!r}"
+                )
+        if not math.isfinite(self.threshold):
+            raise ValueError(f"threshold: expected a finite number, got {self.threshold!r}")
+        if self.lost != (self.file == ""):
+            raise ValueError(
+                f"file: expected \"\" exactly when the release is lost (lost={self.lost}), "
+                f"got {self.file!r}"
+            )
 
 
 @dataclass(frozen=True)
 class RepairResult:
-    """What ``PrivacyLedger.repair`` did."""
+    """What ``PrivacyLedger.repair`` did.
+
+    ``adopted``: complete releases appended to the ledger (from an npy, or a complete temp);
+    ``lost``: releases recorded as lost; ``removed``: files deleted or moved to
+    ``releases/lost/`` (names relative to ``releases/``).
+    """
 
     truncated_bytes: int = 0
     adopted: tuple[ReleaseRecord, ...] = ()
+    lost: tuple[ReleaseRecord, ...] = ()
     removed: tuple[str, ...] = ()
+
+
+@dataclass
+class _Files:
+    """The release files of one generation found on disk."""
+
+    npy: Path | None = None
+    sidecar: Path | None = None
+    npy_temps: list[Path] | None = None
+    sidecar_temps: list[Path] | None = None
+
+    def temps(self) -> list[Path]:
+        return [*(self.npy_temps or []), *(self.sidecar_temps or [])]
 
 
 class PrivacyLedger:
     """The releases of one run directory; see the module docstring for layout and crash safety.
 
     On resume call ``repair()`` before anything else: ``record_release`` and ``epsilon_spent``
-    refuse to work on a ledger with a torn line or an orphan release, so a crash can neither hide
-    spent budget nor let a generation be drawn twice.
+    refuse to work on a ledger that needs it, so a crash can neither hide spent budget nor let
+    a generation be drawn twice unknowingly. The caller holds ``pipelines.files.RunLock`` on the
+    run directory while writing.
     """
 
     def __init__(self, run_dir: str | os.PathLike[str]) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LEDGER_FILE
         self.releases_dir = self.run_dir / RELEASES_DIR
+        self.lost_dir = self.releases_dir / LOST_DIR
 
     # ---------------------------------------------------------------- reading
 
-    def _parse(self) -> tuple[list[ReleaseRecord], int, int]:
-        """(records, length of the clean prefix in bytes, file length)."""
+    def _parse(self) -> tuple[list[ReleaseRecord], int, int, bytes]:
+        """(records, length of the clean prefix in bytes, file length, file bytes)."""
         if not self.path.exists():
-            return [], 0, 0
+            return [], 0, 0, b""
         data = self.path.read_bytes()
         records: list[ReleaseRecord] = []
-        seen: set[int] = set()
+        kept: set[int] = set()
         pieces = data.split(b"\n")
         complete, tail = pieces[:-1], pieces[-1]
         offset = 0
@@ -168,65 +277,100 @@ class PrivacyLedger:
                 record = ReleaseRecord.from_json(line)
             except ValueError as exc:
                 if last_line:  # torn: crash mid-append, the newline made it but the text did not
-                    return records, offset, len(data)
+                    return records, offset, len(data), data
                 raise ValueError(
                     f"{self.path}: line {i + 1}: corrupt ledger record: {exc}"
                 ) from None
-            if record.generation in seen:
+            if record.generation in kept:
+                # A generation may be drawn again only while it has no complete release.
                 raise ValueError(
                     f"{self.path}: line {i + 1}: generation {record.generation} recorded twice"
                 )
-            seen.add(record.generation)
+            if not record.lost:
+                kept.add(record.generation)
             records.append(record)
             offset += len(line) + 1
         # A non-empty tail has no newline: the append did not finish, so it is torn.
-        return records, offset, len(data)
+        return records, offset, len(data), data
 
     def records(self) -> list[ReleaseRecord]:
-        """The recorded releases in ledger order.
+        """Every drawn release (complete and lost) in ledger order.
 
         A torn last line (no trailing newline, or invalid JSON on the last line) is ignored; any
         other corrupt line raises ``ValueError`` naming the file and line number.
         """
         return self._parse()[0]
 
+    def kept_records(self) -> list[ReleaseRecord]:
+        """The complete (usable) releases, in ledger order: at most one per generation."""
+        return [r for r in self.records() if not r.lost]
+
+    def lost_records(self) -> list[ReleaseRecord]:
+        """Releases drawn but lost to a crash (counted in ``epsilon_spent``, never loaded)."""
+        return [r for r in self.records() if r.lost]
+
     def generations(self) -> list[int]:
-        """Generations with a recorded release, in ledger order."""
-        return [r.generation for r in self.records()]
+        """Generations with a complete release, in ledger order (a lost one does not count:
+        that generation must be drawn again)."""
+        return [r.generation for r in self.kept_records()]
 
     def noise_multipliers(self) -> list[float]:
-        """Noise multipliers of the recorded releases, in ledger order (what gets composed)."""
+        """Noise multipliers of every drawn release (lost ones included), in ledger order."""
         return [r.noise_multiplier for r in self.records()]
 
-    def _scan_releases(self) -> tuple[dict[int, Path], dict[int, Path], list[Path]]:
-        """(npy files by generation, sidecars by generation, leftover temp files)."""
-        npys: dict[int, Path] = {}
-        sidecars: dict[int, Path] = {}
-        temps: list[Path] = []
+    def digest(self, n: int) -> str:
+        """sha256 (hex) of the first ``n`` complete lines of ``ledger.jsonl``, newlines included.
+
+        ``digest(0)`` is the digest of no bytes. ``ValueError`` if fewer than ``n`` complete
+        lines exist. A checkpoint stores ``(n, digest(n))``; resume checks the ledger still
+        starts with exactly those lines.
+        """
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or int(n) < 0:
+            raise ValueError(f"n: expected an integer >= 0, got {n!r}")
+        n = int(n)
+        records, _, _, data = self._parse()
+        if n > len(records):
+            raise ValueError(
+                f"{self.path}: has {len(records)} complete lines, fewer than the {n} expected"
+            )
+        end = 0
+        for _ in range(n):
+            end = data.index(b"\n", end) + 1
+        return hashlib.sha256(data[:end]).hexdigest()
+
+    def _scan_releases(self) -> dict[int, _Files]:
+        """The release files on disk, by generation (``releases/lost/`` is not scanned)."""
+        found: dict[int, _Files] = {}
         if not self.releases_dir.is_dir():
-            return npys, sidecars, temps
+            return found
         for entry in sorted(self.releases_dir.iterdir()):
             if m := _NPY_RE.match(entry.name):
-                npys[int(m.group(1))] = entry
+                found.setdefault(int(m.group(1)), _Files()).npy = entry
             elif m := _SIDECAR_RE.match(entry.name):
-                sidecars[int(m.group(1))] = entry
-            elif _TEMP_RE.match(entry.name):
-                temps.append(entry)
-        return npys, sidecars, temps
+                found.setdefault(int(m.group(1)), _Files()).sidecar = entry
+            elif m := _TEMP_RE.match(entry.name):
+                files = found.setdefault(int(m.group(1)), _Files())
+                if m.group(2) == "npy":
+                    files.npy_temps = [*(files.npy_temps or []), entry]
+                else:
+                    files.sidecar_temps = [*(files.sidecar_temps or []), entry]
+        return found
 
     def pending_repair(self) -> list[str]:
-        """Why ``repair()`` is needed (torn last line, orphan releases); empty when clean."""
-        records, clean, total = self._parse()
-        reasons = []
+        """Why ``repair()`` is needed (torn line, orphan or unfinished releases); empty when
+        clean."""
+        records, clean, total, _ = self._parse()
+        reasons: list[str] = []
         if clean != total:
             reasons.append(f"{self.path}: torn last line ({total - clean} bytes)")
-        recorded = {r.generation for r in records}
-        npys, sidecars, temps = self._scan_releases()
-        for g in sorted(set(npys) - recorded):
-            reasons.append(f"{npys[g]}: release not in the ledger (orphan)")
-        for g in sorted(set(sidecars) - recorded - set(npys)):
-            reasons.append(f"{sidecars[g]}: unfinished release")
-        reasons.extend(f"{t}: unfinished write" for t in temps)
+        kept = {r.generation for r in records if not r.lost}
+        for g, files in sorted(self._scan_releases().items()):
+            if g not in kept:
+                if files.npy is not None:
+                    reasons.append(f"{files.npy}: release not in the ledger (orphan)")
+                elif files.sidecar is not None:
+                    reasons.append(f"{files.sidecar}: unfinished release")
+            reasons.extend(f"{t}: unfinished write" for t in files.temps())
         return reasons
 
     def _require_clean(self) -> list[ReleaseRecord]:
@@ -239,17 +383,23 @@ class PrivacyLedger:
         return self.records()
 
     def epsilon_spent(self, delta: float, eps_error: float = DEFAULT_EPS_ERROR) -> EpsilonBound:
-        """PRV bound on the epsilon the recorded releases spend at ``delta``; report ``.upper``."""
+        """PLD bound on the epsilon every drawn release (lost ones included) spends at
+        ``delta``, each composed with its own ``coordinates``; report ``.upper``."""
         records = self._require_clean()
-        return epsilon_spent([r.noise_multiplier for r in records], delta, eps_error)
+        return epsilon_spent(
+            [r.noise_multiplier for r in records],
+            delta,
+            [r.coordinates for r in records],
+            eps_error,
+        )
 
     def load_release(self, generation: int) -> np.ndarray:
         """The noisy histogram of ``generation``, after checking its sha256 against the ledger."""
-        for record in self.records():
+        for record in self.kept_records():
             if record.generation == generation:
                 break
         else:
-            raise KeyError(f"{self.path}: no release recorded for generation {generation}")
+            raise KeyError(f"{self.path}: no complete release recorded for generation {generation}")
         rel = Path(record.file)
         if rel.is_absolute() or ".." in rel.parts:
             raise ValueError(
@@ -282,13 +432,19 @@ class PrivacyLedger:
         sensitivity: float,
         threshold: float,
         noise_source: str,
+        k: int,
+        coordinates: int,
+        count_scale: float,
     ) -> ReleaseRecord:
         """Make a release durable: sidecar, then the noisy histogram, then the ledger line.
 
-        ``noisy`` must be the released (noised) array, stored exactly as given. Returns the
-        record once it is on disk; only then may the caller use the release. Refuses
-        (``ValueError``) a generation that already has a release, and a ledger that needs
-        ``repair()``.
+        ``noisy`` must be the released array (``GaussianMechanism.release``'s float output),
+        stored exactly as given; an integer array is refused (it would be un-noised counts).
+        The parameters are the mechanism's (``GaussianMechanism`` has each as an attribute) and
+        must be consistent (``ReleaseRecord.check``). Returns the record once it is on disk;
+        only then may the caller use the release. Refuses (``ValueError``) a generation that
+        already has a complete release, release files already on disk for it, and a ledger
+        that needs ``repair()``.
         """
         if isinstance(generation, bool) or not isinstance(generation, (int, np.integer)):
             raise ValueError(f"generation: expected an integer >= 1, got {generation!r}")
@@ -297,23 +453,20 @@ class PrivacyLedger:
             raise ValueError(f"generation: expected an integer >= 1, got {generation!r}")
         noise_multiplier = positive_finite("noise_multiplier", noise_multiplier)
         sensitivity = positive_finite("sensitivity", sensitivity)
-        if (
-            isinstance(threshold, bool)
-            or not isinstance(threshold, (int, float, np.integer, np.floating))
-            or not math.isfinite(float(threshold))
-        ):
+        count_scale = positive_finite("count_scale", count_scale)
+        k = positive_int("k", k)
+        coordinates = positive_int("coordinates", coordinates)
+        if not _is_number(threshold) and not isinstance(threshold, (np.integer, np.floating)):
             raise ValueError(f"threshold: expected a finite number, got {threshold!r}")
         if noise_source not in NOISE_SOURCES:
             raise ValueError(f"noise_source: expected one of {NOISE_SOURCES}, got {noise_source!r}")
-        if not isinstance(noisy, np.ndarray) or noisy.dtype.kind not in "fiu":
-            raise ValueError("noisy: expected a numeric numpy array")
-
-        records = self._require_clean()
-        if any(r.generation == generation for r in records):
+        if not isinstance(noisy, np.ndarray) or noisy.dtype.kind != "f":
             raise ValueError(
-                f"{self.path}: generation {generation} already has a release; "
-                "a release is never drawn twice (resume from the ledger instead)"
+                "noisy: expected the float array GaussianMechanism.release returns "
+                "(integer vote counts are never stored)"
             )
+        if not np.all(np.isfinite(noisy)):
+            raise ValueError("noisy: expected finite values only")
 
         buf = io.BytesIO()
         np.save(buf, noisy, allow_pickle=False)
@@ -330,71 +483,160 @@ class PrivacyLedger:
             sha256=hashlib.sha256(payload).hexdigest(),
             noise_source=noise_source,
             time=datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+            mechanism=MECHANISM,
+            k=k,
+            coordinates=coordinates,
+            count_scale=count_scale,
         )
+        record.check()
+
+        records = self._require_clean()
+        if any(r.generation == generation and not r.lost for r in records):
+            raise ValueError(
+                f"{self.path}: generation {generation} already has a release; "
+                "a release is never drawn twice (resume from the ledger instead)"
+            )
+        sidecar = self.releases_dir / f"{stem}.json"
+        npy = self.releases_dir / f"{stem}.npy"
+        for path in (sidecar, npy):
+            if path.exists():
+                raise ValueError(
+                    f"{path}: a release file for generation {generation} already exists; "
+                    "run repair() (or resume the run) instead of recording it again"
+                )
 
         if not self.releases_dir.is_dir():
             self.releases_dir.mkdir(parents=True, exist_ok=True)
             _fsync_dir(self.run_dir)
-        _atomic_write(self.releases_dir / f"{stem}.json", (record.to_json() + "\n").encode("utf-8"))
-        _atomic_write(self.releases_dir / f"{stem}.npy", payload)
+        for path, data in ((sidecar, (record.to_json() + "\n").encode("utf-8")), (npy, payload)):
+            try:
+                _create_atomic(path, data)
+            except FileExistsError:
+                raise ValueError(
+                    f"{path}: a release file for generation {generation} appeared meanwhile "
+                    "(another writer?); run repair() (or resume the run) instead"
+                ) from None
         self._append_line(record)
         return record
+
+    # ---------------------------------------------------------------- repair
+
+    def _sidecar_record(self, g: int, files: _Files) -> tuple[ReleaseRecord | None, Path | None]:
+        """The record a generation's sidecar (or a parseable sidecar temp) holds, and its path."""
+        if files.sidecar is not None:
+            try:
+                record = ReleaseRecord.from_json(files.sidecar.read_bytes())
+            except ValueError as exc:
+                # The sidecar got its name only after a complete, fsynced write: a person
+                # must look.
+                raise ValueError(f"{files.sidecar}: corrupt sidecar: {exc}") from None
+            source: Path | None = files.sidecar
+        else:
+            record, source = None, None
+            for temp in files.sidecar_temps or []:
+                with contextlib.suppress(ValueError):
+                    record, source = ReleaseRecord.from_json(temp.read_bytes()), temp
+                    break
+        if record is not None and (
+            record.generation != g or record.file != f"{RELEASES_DIR}/{_stem(g)}.npy"
+            or record.lost
+        ):
+            raise ValueError(f"{source}: sidecar does not describe generation {g}'s release")
+        return record, source
 
     def repair(self) -> RepairResult:
         """Bring the ledger back in line with what a crash left on disk; idempotent.
 
-        - truncates a torn last line;
-        - adopts orphan releases (an npy with no ledger line): its noise was drawn, so its budget
-          is spent; its sidecar's record is appended after the npy's sha256 is checked. It is
-          never redrawn;
-        - deletes leftover temp files and sidecars without an npy: that noise never reached disk.
-
-        Raises ``ValueError`` if an orphan cannot be adopted (missing or mismatched sidecar):
-        budget may have been spent that cannot be accounted for, and a person must look.
+        See the module docstring for each case. Everything is checked before anything changes:
+        on ``ValueError`` (a histogram without a sidecar, a corrupt sidecar, a corrupt line
+        that is not the last) nothing is modified and a person must look.
         """
-        records, clean, total = self._parse()
-        truncated = total - clean
-        if truncated:
+        records, clean, total, _ = self._parse()
+        kept = {r.generation for r in records if not r.lost}
+        lost_seen = {r for r in records if r.lost}
+
+        adopt: list[tuple[ReleaseRecord, Path | None]] = []  # (record, temp to link into place)
+        lose: list[tuple[ReleaseRecord, bool]] = []  # (lost record, already in the ledger)
+        move: list[Path] = []  # to releases/lost/
+        delete: list[Path] = []
+        for g, files in sorted(self._scan_releases().items()):
+            if g in kept:  # complete and recorded: only leftovers of an adoption remain
+                delete.extend(files.temps())
+                continue
+            record, source = self._sidecar_record(g, files)
+            if record is None:
+                if files.npy is not None or files.npy_temps:
+                    where = files.npy or files.npy_temps[0]
+                    raise ValueError(
+                        f"{where}: histogram without its sidecar {_stem(g)}.json: budget may "
+                        "have been spent that cannot be accounted for; a person must look"
+                    )
+                delete.extend(files.temps())  # torn sidecar temps only: no histogram byte
+                continue
+            if files.npy is not None and _sha256(files.npy) == record.sha256:
+                adopt.append((record, None))
+                delete.extend(files.temps())
+                continue
+            good = None
+            if files.npy is None:
+                good = next(
+                    (t for t in files.npy_temps or [] if _sha256(t) == record.sha256), None
+                )
+            if good is not None:
+                adopt.append((record, good))
+                delete.extend(files.temps())  # after the link and the line (below)
+                continue
+            lost = replace(record, lost=True, file="")
+            lose.append((lost, lost in lost_seen))
+            move.extend(p for p in (source, files.npy) if p is not None)
+            delete.extend(t for t in files.temps() if t != source)
+
+        if total != clean:
             with open(self.path, "r+b") as f:
                 f.truncate(clean)
                 f.flush()
                 os.fsync(f.fileno())
-        recorded = {r.generation for r in records}
-        npys, sidecars, temps = self._scan_releases()
-
-        # Check every orphan before changing anything, so a failure leaves nothing half done.
-        orphans: list[ReleaseRecord] = []
-        for g in sorted(set(npys) - recorded):
-            sidecar = sidecars.get(g)
-            if sidecar is None:
-                raise ValueError(f"{npys[g]}: orphan release without its sidecar {_stem(g)}.json")
-            try:
-                record = ReleaseRecord.from_json(sidecar.read_bytes())
-            except ValueError as exc:
-                raise ValueError(f"{sidecar}: corrupt sidecar: {exc}") from None
-            if record.generation != g or record.file != f"{RELEASES_DIR}/{npys[g].name}":
-                raise ValueError(
-                    f"{sidecar}: sidecar describes generation {record.generation}, not {g}"
-                )
-            digest = hashlib.sha256(npys[g].read_bytes()).hexdigest()
-            if digest != record.sha256:
-                raise ValueError(
-                    f"{npys[g]}: sha256 {digest} does not match its sidecar's {record.sha256}"
-                )
-            orphans.append(record)
-
-        for record in orphans:
+        # Record first (durable), then touch files: a crash in between is recognised next time.
+        for record, temp in adopt:
+            if temp is not None:
+                os.link(temp, self.releases_dir / f"{_stem(record.generation)}.npy")
+                _fsync_dir(self.releases_dir)
             self._append_line(record)
-
+        for record, recorded in lose:
+            if not recorded:
+                self._append_line(record)
         removed: list[str] = []
-        for g in sorted(set(sidecars) - recorded - set(npys)):
-            sidecars[g].unlink()
-            removed.append(sidecars[g].name)
-        for t in temps:
-            t.unlink()
-            removed.append(t.name)
-        if removed:
+        if move:
+            self.lost_dir.mkdir(exist_ok=True)
+            _fsync_dir(self.releases_dir)
+            for path in move:
+                target = _free_name(self.lost_dir, path.name.lstrip("."))
+                os.rename(path, target)
+                removed.append(f"{path.name} -> {LOST_DIR}/{target.name}")
+            _fsync_dir(self.lost_dir)
+        for path in delete:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            removed.append(path.name)
+        if move or delete or any(temp is not None for _, temp in adopt):
             _fsync_dir(self.releases_dir)
         return RepairResult(
-            truncated_bytes=truncated, adopted=tuple(orphans), removed=tuple(removed)
+            truncated_bytes=total - clean,
+            adopted=tuple(r for r, _ in adopt),
+            lost=tuple(r for r, recorded in lose if not recorded),
+            removed=tuple(removed),
         )
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _free_name(folder: Path, name: str) -> Path:
+    """``folder/name``, or ``folder/name.N`` for the first N not taken."""
+    target = folder / name
+    n = 1
+    while target.exists():
+        target = folder / f"{name}.{n}"
+        n += 1
+    return target
