@@ -324,12 +324,13 @@ def _config_differences(stored: dict[str, Any], given: dict[str, Any], prefix: s
 
 
 def check_resume(config: RunConfig, run_dir: Path, source: str,
-                 allowed: tuple[str, ...] = RESUMABLE_CHANGES) -> None:
-    """Refuse to resume (or rebuild) ``run_dir`` under a config that would change its results."""
+                 allowed: tuple[str, ...] = RESUMABLE_CHANGES, private_data: bool = True) -> None:
+    """Refuse to resume (or rebuild: ``allowed`` wider, ``private_data`` False) ``run_dir`` under a
+    config that would change its results."""
     stored_path = run_dir / "config.yaml"
     if not stored_path.exists():
         raise ConfigError(str(run_dir), "config.yaml", "not a privevo run directory (no config.yaml)")
-    stored = load_config(stored_path, private_data=allowed is RESUMABLE_CHANGES).model_dump(mode="json")
+    stored = load_config(stored_path, private_data=private_data).model_dump(mode="json")
     given = config.model_dump(mode="json")
     for path in _config_differences(stored, given):
         if any(path == field or path.startswith(field + ".") for field in allowed):
@@ -1234,7 +1235,7 @@ def rebuild(run_dir: str | Path, out: str | Path, *, progress: bool = False,
     if config is None:
         config = load_config(run_dir / "config.yaml", private_data=False)
     else:
-        check_resume(config, run_dir, source, allowed=REBUILD_CHANGES)
+        check_resume(config, run_dir, source, allowed=REBUILD_CHANGES, private_data=False)
     info = DatasetInfo.from_json(json.loads((run_dir / DATASET_FILE).read_text()))
     plan, info, labels = check_config(config, source, info=info)
     if out.exists() and any(out.iterdir()):

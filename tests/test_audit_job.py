@@ -37,14 +37,19 @@ def test_audit_finds_leakage_of_plain_training_not_of_dpsgd(tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     none, dp = report["paradigms"]["none"], report["paradigms"]["dpsgd-eps1"]
     for p in (none, dp):
-        for key in ("accuracy", "tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", "auc", "epsilon_lower", "epsilon_lower_ci", "epsilon"):
+        for key in ("accuracy", "tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", "auc", "epsilon_lower", "epsilon_point",
+                    "epsilon", "epsilon_claim", "privacy_unit", "violation"):
             assert key in p
-        assert len(p["epsilon_lower_ci"]) == 2
-    assert none["epsilon"] is None and abs(dp["epsilon"] - 1.0) < 0.05
+        assert "epsilon_lower_ci" not in p and p["epsilon_lower"] <= p["epsilon_point"]
+        assert p["privacy_unit"] == "record"
+    assert none["epsilon"] is None and none["violation"] is None
+    assert abs(dp["epsilon"] - 1.0) < 0.05 and dp["epsilon_claim"] == dp["epsilon"]
     assert none["accuracy"] > 0.85
     assert none["auc"] > 0.9  # mislabeled canaries are memorised by plain training
     assert none["tpr_at_1pct_fpr"] > 0.5
-    assert dp["epsilon_lower_ci"][0] <= dp["epsilon"]  # never claims more leakage than DP allows
+    assert none["epsilon_lower"] > 2.0  # and the bound proves it (threshold half and scored half: other runs)
+    assert dp["violation"] is False  # never claims more leakage than DP allows
+    assert dp["auc"] < 0.7 and dp["epsilon_lower"] < 1.0
     membership = np.load(out / "membership.npy")
     assert membership.shape == (16, 40) and (membership.sum(0) == 8).all()
     scores = pq.read_table(out / "scores.parquet")
@@ -74,33 +79,41 @@ def test_pe_paradigm_runs_pe_per_run_and_stays_below_its_epsilon(tmp_path):
 name: audit-pe
 seed: 2
 runs: 8
-canaries: {{count: 20}}
+canaries: {{count: 100}}
 training: {{hidden: [64], epochs: 30}}
 paradigms:
-  - {{kind: pe, epsilon: 2.0, synthesize: {digits},
+  - {{kind: pe, epsilon: 6.0, synthesize: {digits},
       set: [generations=2, population.per_class=20, population.final_per_class=40, vote.k=1, generators=1]}}
 """
     out = tmp_path / "audit"
     assert main(["audit", str(write_config(tmp_path, text)), "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     pe = report["paradigms"]["pe"]
-    assert pe["epsilon"] is not None and abs(pe["epsilon"] - 2.0) < 0.05  # accounted by each PE run
-    assert pe["epsilon_lower_ci"][0] <= pe["epsilon"]
+    assert pe["epsilon"] is not None and abs(pe["epsilon"] - 6.0) < 0.1  # accounted by each PE run
+    assert pe["violation"] is False
     assert pe["accuracy"] > 0.5  # classifiers trained on each run's own DP synthetic set
     # each run's private set, and its PE run, live in the owner-only private folder
     private = out / "private"
     assert len(list((private / "pe").glob("run-*.npz"))) == 8
     assert all((private / "pe" / f"run-{r:04d}" / "ledger.jsonl").exists() for r in range(8))
     assert oct(private.stat().st_mode & 0o777) == "0o700"
-    # mechanism level: the canary's vote projected out of the releases shifts by the accounted mu
+    # mechanism level: the releases minus the always-in votes, on each canary's own bins, shift by
+    # what each run's ledger predicts (the statistic's wiring; tests/test_audit_levels.py resolves
+    # the shift on the real release code and flags a planted half-noise bug)
     from pipelines.privacy import PrivacyLedger, gaussian_mu
 
     ledger = PrivacyLedger(private / "pe" / "run-0000")
     mech = report["levels"]["pe (mechanism)"]
-    assert mech["mu_theory"] == pytest.approx(gaussian_mu(ledger.noise_multipliers()), rel=1e-6)  # k=1: full votes
-    assert abs(mech["mu_estimate"] - mech["mu_theory"]) < 4 * mech["mu_estimate_se"]
-    assert abs(mech["sd_out"] - 1) < 0.3
-    assert mech["epsilon_lower_ci"][0] <= pe["epsilon"] and mech["violation"] is False
+    assert mech["mu_full_vote"] == pytest.approx(gaussian_mu(ledger.noise_multipliers()), rel=1e-6)
+    assert 0 < mech["mu_theory"] <= mech["mu_full_vote"] * (1 + 1e-9)  # shared bins only lower it
+    assert 0 < mech["exclusive_vote_fraction"] <= 1 and mech["trials_with_own_bins"] > 200
+    # resolution: half or one and a half times the predicted mu would be 3 standard errors away
+    assert mech["mu_estimate_se"] < mech["mu_theory"] / 6
+    assert abs(mech["mu_z"]) < 3 and not mech["shift_above_accounting"]
+    assert abs(mech["sd_out"] - 1) < 0.15
+    assert mech["violation"] is False and mech["epsilon_claim"] == pe["epsilon"]
+    # synthetic-data level: these small DP synthetic sets give no membership signal
     for level in ("pe (synthetic: distance)", "pe (synthetic: density_ratio)"):
-        assert 0 <= report["levels"][level]["auc"] <= 1
-    assert pq.read_table(out / "scores.parquet").num_rows == 4 * 8 * 20  # model, mechanism, 2 synthetic
+        row = report["levels"][level]
+        assert abs(row["auc"] - 0.5) < 0.15 and row["violation"] is False
+    assert pq.read_table(out / "scores.parquet").num_rows == 4 * 8 * 100  # model, mechanism, 2 synthetic

@@ -40,6 +40,14 @@ def model_scores(out, runs):
     return np.array([s for *_, s in sorted(keep)])
 
 
+def stable(report):
+    """A report without what may differ between an interrupted and an uninterrupted audit (wall
+    time)."""
+    if isinstance(report, dict):
+        return {k: stable(v) for k, v in report.items() if k not in ("timing", "seconds")}
+    return report
+
+
 def test_resume_skips_finished_chunks_and_extends_runs(tmp_path):
     out = tmp_path / "audit"
     first = run_audit(tiny(), out)
@@ -60,7 +68,7 @@ def test_resume_skips_finished_chunks_and_extends_runs(tmp_path):
         for key, value in lost.items():
             assert np.array_equal(z[key], value), key
     assert np.array_equal(model_scores(out, 4), scores)
-    assert again["paradigms"]["none"]["auc"] == first["paradigms"]["none"]["auc"]
+    assert stable(again) == stable(first)  # the resumed audit is the uninterrupted one
 
     # nothing left to do under other resources (they may change)
     same = run_audit(tiny(resources={"chunk_runs": 3, "cpus_per_task": 1.0}), out)
@@ -103,6 +111,20 @@ class FakeOptions(BaseModel):
     epochs: int = 2
 
 
+class BlindParadigm:
+    """Trains only on the rows every run has: no canary ever enters a model (a negative control)."""
+
+    Options = FakeOptions
+
+    def train(self, x, y, weights, x_test, y_test, spec, seeds, options, n_classes, *, public=None):
+        from dataclasses import replace
+
+        from actors.trainer import train_batched
+
+        always = np.broadcast_to(weights.min(axis=0), weights.shape)
+        return train_batched(x, y, always, replace(spec, epochs=options.epochs), seeds, n_classes)
+
+
 class CopyingParadigm:
     """Trains on each run's private set and 'releases' it verbatim as its synthetic data."""
 
@@ -126,31 +148,47 @@ def fake_registry(monkeypatch):
     import ray
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests
-    monkeypatch.setattr(job, "paradigm_registry", lambda: {"coreset": CopyingParadigm()})
+    monkeypatch.setattr(job, "paradigm_registry", lambda: {"coreset": CopyingParadigm(), "distill": BlindParadigm()})
     yield
     ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 def test_external_paradigm_and_one_run(tmp_path, fake_registry):
-    config = tiny(runs=6, paradigms=[
+    from pipelines.audit import one_run_epsilon_lower, one_run_guesses
+
+    config = tiny(runs=8, canaries={"count": 30}, paradigms=[
         {"name": "copy", "kind": "coreset", "options": {"epochs": 2}},
+        {"name": "blind", "kind": "distill", "options": {"epochs": 2}},
         {"name": "once", "kind": "none", "one_run": True, "one_run_guesses": 0.2},
     ])
-    report = run_audit(config, tmp_path / "audit")
+    out = tmp_path / "audit"
+    report = run_audit(config, out)
     copy = report["paradigms"]["copy"]
     assert set(copy["attacks"]) == {"online_fixed_variance", "online", "offline"}
     for attack in copy["attacks"].values():
         assert {"auc", "tpr_at_0.1pct_fpr", "tpr_at_0.1pct_fpr_ci", "tpr_at_0.1pct_fpr_negatives",
-                "epsilon_lower", "epsilon_lower_ci"} <= set(attack)
+                "epsilon_lower", "epsilon_point"} <= set(attack)
     # the synthetic data copies the members: the distance attack finds every one of them
     assert report["levels"]["copy (synthetic: distance)"]["auc"] == 1.0
+    assert report["levels"]["copy (synthetic: distance)"]["epsilon_lower"] > 1.0
     assert len(copy["most_vulnerable"]) == 8
+    # negative control: runs that never train on a canary show chance and prove nothing
+    blind = report["paradigms"]["blind"]
+    assert abs(blind["auc"] - 0.5) < 0.15 and blind["epsilon_lower"] < 0.5
+    # the one-run bound is the one the paper's theorem gives for the guesses on the stored scores
     once = report["paradigms"]["once"]
-    assert once["one_run"]["model"]["guesses"] == 4 and once["epsilon_lower"] >= 0
-    assert once["epsilon_lower_ci"][1] is None
-    assert np.load(tmp_path / "audit" / "membership-once.npy").shape == (1, 10)
+    t = pq.read_table(out / "scores.parquet").to_pydict()
+    rows = [i for i, (p, lvl) in enumerate(zip(t["paradigm"], t["level"])) if p == "once" and lvl == "model"]
+    stat = np.array([t["score"][i] for i in rows])
+    member = np.array([t["member"][i] for i in rows], dtype=bool)
+    assert np.array_equal(member, np.load(out / "membership-once.npy")[0])
+    correct, guesses = one_run_guesses(stat, member, 6, 6)
+    assert (once["one_run"]["model"]["correct"], once["one_run"]["model"]["guesses"]) == (correct, guesses) == (
+        correct, 12)
+    assert once["epsilon_lower"] == one_run_epsilon_lower(correct, 12, 30, config.delta)
+    assert once["epsilon_point"] is None
     table = job.summary_table(report)
-    assert "| copy (synthetic: distance) |" in table and "| once |" in table
+    assert "| copy (synthetic: distance) |" in table and "| once |" in table and " (one run) |" in table
 
 
 def test_external_paradigm_options_are_checked_before_data(tmp_path, fake_registry, monkeypatch):
@@ -194,3 +232,19 @@ def test_canary_kinds_in_the_training_set():
     np.testing.assert_allclose(ood.canary_x, 1.0 - original.reshape(-1, 8, 8), atol=1e-6)
     with pytest.raises(ValueError, match="repeat"):
         tiny(canaries={"count": 10, "kind": "duplicated", "repeat": 1})
+
+
+def test_duplicated_canaries_are_judged_against_group_privacy(tmp_path):
+    # a canary present twice is a group of 2 records: DP-SGD's claim for it is the group bound
+    # (2 eps', 2 e^eps' delta') at a delta' that brings the group delta down to the audit's
+    config = tiny(canaries={"count": 10, "kind": "duplicated", "repeat": 2}, paradigms=[
+        {"name": "dp", "kind": "dpsgd", "epsilon": 1.0, "epochs": 2, "batch_size": 128, "lr": 0.5, "momentum": 0.0},
+    ])
+    report = run_audit(config, tmp_path / "audit")
+    dp = report["paradigms"]["dp"]
+    assert report["canaries"]["privacy_unit"] == dp["privacy_unit"] == "group privacy (2 records)"
+    assert abs(dp["epsilon"] - 1.0) < 0.05  # per record, as accounted
+    assert 2 * dp["epsilon"] < dp["epsilon_claim"] < 4 * dp["epsilon"]
+    assert dp["violation"] is False
+    assert f"{dp['epsilon_claim']:.2f} (group privacy (2 records); {dp['epsilon']:.2f} per record)" in job.summary_table(
+        report)

@@ -287,9 +287,9 @@ def test_canaries_never_inserted_give_no_epsilon(split):
     stat, m, rng = _null_audit(12)
     assert abs(auc(stat, m) - 0.5) < 0.02
     res = epsilon_lower_bound(stat, m, 1e-5, rng, split=split)
-    assert res["epsilon_lower"] == 0.0
-    assert res["epsilon_lower_ci"][0] == 0.0
-    assert res["epsilon_lower_ci"][1] < 0.5  # the point estimate is near 0 too
+    assert res["epsilon_lower"] == 0.0 and res["split"] == split
+    assert "epsilon_lower_ci" not in res  # a one-sided bound and a point estimate, not an interval
+    assert 0.0 <= res["epsilon_point"] < 0.5  # the point estimate is near 0 too
     assert res["n_positive"] + res["n_negative"] == m.size // 2
     assert not is_violation(res, 0.1)
 
@@ -304,7 +304,7 @@ def test_known_gaussian_mechanism_is_audited_within_factor_two(sigma):
         stat, m = simulate_gaussian_audit(sigma, n_trials, rng)
         res = epsilon_lower_bound(stat, m, delta, rng)
         assert true_eps / 2 <= res["epsilon_lower"] <= true_eps, (delta, res, true_eps)
-        assert res["epsilon_lower"] <= res["epsilon_lower_ci"][1]
+        assert res["epsilon_lower"] <= res["epsilon_point"]
 
 
 @pytest.mark.parametrize("sigma", [1.0, 2.0])
@@ -314,7 +314,7 @@ def test_gaussian_audit_lower_end_never_exceeds_true_epsilon(sigma):
             rng = np.random.default_rng(100 + seed)
             stat, m = simulate_gaussian_audit(sigma, 20_000, rng)
             res = epsilon_lower_bound(stat, m, delta, rng)
-            assert res["epsilon_lower_ci"][0] <= gaussian_epsilon(sigma, delta)
+            assert res["epsilon_lower"] <= gaussian_epsilon(sigma, delta)
             assert not is_violation(res, gaussian_epsilon(sigma, delta))
 
 
@@ -325,7 +325,7 @@ def test_broken_release_is_flagged_as_violation(sigma):
     rng = np.random.default_rng(14)
     stat, m = simulate_gaussian_audit(sigma / 10, 20_000, rng)  # the bug: 10x too little noise
     res = epsilon_lower_bound(stat, m, delta, rng)
-    assert res["epsilon_lower_ci"][0] > claimed
+    assert res["epsilon_lower"] > claimed
     assert is_violation(res, claimed)
 
 
@@ -343,6 +343,24 @@ def test_threshold_is_chosen_on_the_other_half():
     assert res["true_positives"] == int(np.sum(sb[mb] >= res["threshold"]))
     assert res["false_positives"] == int(np.sum(sb[~mb] >= res["threshold"]))
     assert (res["n_positive"], res["n_negative"]) == (int(mb.sum()), int((~mb).sum()))
+
+
+def test_split_by_runs_or_groups_keeps_each_run_in_one_half():
+    # Each run's observations share one offset (a run-level effect, as LiRA's shadows or a shared
+    # release give). Split by runs, the threshold half never sees the scored runs.
+    rng = np.random.default_rng(20)
+    m = balanced_membership(40, 16, rng)
+    stat = rng.normal(size=(16, 1)) * 3 + rng.normal(size=m.shape) + 1.0 * m
+    res = epsilon_lower_bound(stat, m, 1e-5, np.random.default_rng(21), split="runs")
+    runs_b = np.random.default_rng(21).permutation(16)[8:]
+    assert res["n_positive"] + res["n_negative"] == 8 * 40
+    assert res["true_positives"] == int(np.sum(stat[runs_b][m[runs_b]] >= res["threshold"]))
+    # the same split through explicit groups (one id per observation)
+    groups = np.repeat(np.arange(16), 40)
+    by_group = epsilon_lower_bound(stat.ravel(), m.ravel(), 1e-5, np.random.default_rng(21), groups=groups)
+    assert by_group["split"] == "groups" and by_group["n_positive"] + by_group["n_negative"] == 8 * 40
+    with pytest.raises(ValueError, match="groups"):
+        epsilon_lower_bound(stat.ravel(), m.ravel(), 1e-5, rng, groups=np.zeros(10))
 
 
 def test_epsilon_lower_bound_refuses_bad_input():

@@ -75,7 +75,7 @@ def test_yaml_is_data_not_code(tmp_path):
 @pytest.mark.parametrize(
     "override, field, words",
     [
-        ("privacy.delta=0.001", "privacy.delta", "not below 1/n"),
+        ("privacy.delta=0.001", "privacy.delta", "not below 1/data.public_size"),
         ("data.labels=[0,1,12]", "data.labels", "not a declared class"),
         ("data.labels=[]", "data.labels", "empty"),
         ("vote.k=500", "vote.k", "exceed"),
@@ -84,7 +84,18 @@ def test_yaml_is_data_not_code(tmp_path):
         ("frobnicate=1", "frobnicate", "unknown field"),
     ],
 )
-def test_cli_refuses_before_any_release(tmp_path, capsys, override, field, words):
+def test_cli_refuses_before_any_release(tmp_path, capsys, monkeypatch, override, field, words):
+    def no_private_data(*args, **kwargs):
+        raise AssertionError("private data was read before the config was refused")
+
+    # every way the demo's private set can be read fails the test
+    import sklearn.datasets
+
+    from pipelines import data
+
+    monkeypatch.setattr(sklearn.datasets, "load_digits", no_private_data)
+    for name in ("load_private", "_digits_split", "read_rows", "check_private_labels"):
+        monkeypatch.setattr(data, name, no_private_data)
     out = tmp_path / "run"
     code = main(["synthesize", str(DEMO), "--set", override, "--out", str(out), "--quiet"])
     err = capsys.readouterr().err

@@ -2,7 +2,8 @@
 
 "Does training with synthetic data truly protect privacy?" (Zhao & Zhang, ICLR 2025): canaries
 in exactly half of the runs of a paradigm, LiRA on every run, and TPR at low FPR, AUC and an
-empirical epsilon lower bound with a Clopper-Pearson interval.
+empirical epsilon lower bound (one-sided, Clopper-Pearson, threshold chosen on half of the runs and
+scored on the other half) beside its plug-in point estimate.
 """
 
 from .canaries import (

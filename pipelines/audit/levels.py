@@ -1,20 +1,44 @@
 """The two audit levels beside the downstream model: PE's mechanism, and the synthetic data.
 
-**Mechanism level (PE).** Generation t releases ``H_t = V_t + N(0, sigma_t^2 I)``, where ``V_t``
-is the vote histogram of the run's private set over the population ``S_{t-1}``. A canary ``c``
-(its image and its canary label) votes ``v_c,t``: weight ``1/sqrt(k)`` on its k nearest synthetic
-samples of its label in ``S_{t-1}``, found with the voter's embedder and kNN code. Let
-``V_{-c,t}`` be the vote histogram of the run's private set *without* ``c``: it does not depend on
-whether ``c`` was in, so
+**Mechanism level (PE).** Generation t releases ``H_t = F_t + C_t + N_t``: ``F_t`` is the vote
+histogram of the records that are in every run (every private record but the canaries), ``C_t``
+the votes of the run's member canaries, ``N_t`` the release noise (std ``sigma_t`` per bin in
+vote units, as the ledger records it). A canary ``c`` (its image and its canary label) votes on
+the set ``B_c,t`` of its k nearest synthetic samples of its label in ``S_{t-1}``, found with the
+voter's embedder and kNN code, weight ``1/sqrt(k)`` per vote (times its copies). Let ``E_c,t``
+be the bins of ``B_c,t`` that *no other canary* votes for. The statistic is
 
-    s_c = sum_t < H_t - V_{-c,t}, v_c,t / ||v_c,t|| > / (sigma_t sqrt(T))
+    s_c = (1 / sqrt(n_c)) sum_{t: E_c,t non-empty} < H_t - F_t, 1_{E_c,t} / sqrt|E_c,t| > / sigma_t
 
-is ``N(0, 1)`` when ``c`` is out (pure release noise; ``S_{t-1}`` is a post-processing of earlier
-releases, so the noise of release t is independent of it) and ``N(mu_c, 1)`` with
-``mu_c = sum_t ||v_c,t|| / (sigma_t sqrt(T))`` when it is in (``sqrt(T)/sigma`` for a full vote at
-constant sigma: the Gaussian-DP ``mu`` the accountant composes). Thresholding ``s_c`` is the most
-powerful test of the release itself: with enough trials its empirical epsilon approaches the
-accounted one, and a sensitivity, noise-scale or noise-seeding bug pushes it above.
+with ``n_c`` the number of generations where ``E_c,t`` is non-empty (``s_c = 0`` where there
+is none). Why this form:
+
+- it is computed from the releases, the always-in records and the canaries' vote sets alone:
+  no canary's membership enters it. (Subtracting the whole private set's histogram, members
+  included, would hand the statistic the other canaries' membership: canaries sharing a bin
+  would then differ by exactly their membership, with no noise, and the one-run bound, which
+  assumes guesses computed from the release alone, is invalid.) So it serves the one-run audit
+  (Steinke, Nasr & Jagielski 2023) as well as the threshold test over many runs;
+- on ``E_c,t`` only ``c`` votes, so ``H_t - F_t`` there is ``c``'s own vote (if in) plus noise:
+  no other canary leaks into ``s_c``, and two canaries' statistics use disjoint bins of every
+  release, hence independent noise. Counting (run, canary) observations as independent trials,
+  as the Clopper-Pearson bounds do, is then justified (given the populations; the
+  normalisation by ``n_c``, a function of earlier releases, is the only approximation),
+  where statistics over shared bins would be over-dispersed and make the interval too narrow;
+- ``S_{t-1}`` is a post-processing of earlier releases, so the noise of release t is
+  independent of ``E_c,t``: ``s_c`` is about ``N(0, 1)`` when ``c`` is out and
+  ``N(mu_c, 1)`` when in, with ``mu_c`` from the accounting (``mechanism_shift``: the ledger's
+  ``sigma_t`` and the vote definition's weight ``1/sqrt(k)`` per vote, never recomputed vote
+  norms, so a weight or sensitivity bug in the vote code cannot raise the prediction along with
+  the observation). For a canary none of whose bins is shared, at constant sigma,
+  ``mu_c = copies * sqrt(T) / sigma``: the Gaussian-DP ``mu`` the accountant composes.
+
+Thresholding the likelihood ratio of ``N(mu_c, 1)`` against ``N(0, 1)`` at ``s_c``
+(``mechanism_llr``) is the most powerful test of the release on those bins: with enough trials its
+empirical epsilon approaches the accounted one for canaries whose bins are their own, and a
+sensitivity, noise-scale or noise-seeding bug pushes it above. Bins shared by several canaries
+carry only the sum of their memberships, which no statistic of the release alone can split, so
+they are left out.
 
 **Synthetic-data level.** A paradigm that releases synthetic data may copy (or nearly copy) a
 private sample. Two scores per canary, higher meaning "more likely a member":
@@ -39,7 +63,14 @@ from scipy import sparse
 from actors.knn import exact_knn
 from pipelines.histogram import vote_weight
 
-__all__ = ["mechanism_statistic", "synthetic_scores", "vote_matrix"]
+__all__ = [
+    "exclusive_votes",
+    "mechanism_llr",
+    "mechanism_shift",
+    "mechanism_statistic",
+    "synthetic_scores",
+    "vote_matrix",
+]
 
 
 def vote_matrix(
@@ -54,11 +85,12 @@ def vote_matrix(
 ) -> sparse.csr_matrix:
     """The vote of each query, ``(n_queries, n_population)`` sparse, as PE's voter casts it.
 
-    Query ``i`` (an embedding, with its label) puts ``1/sqrt(k')`` on each of its ``k'`` nearest
-    rows of ``population`` of the same label, ``k' = min(k, rows of that label)`` (the voter's
-    cap); a query whose label has no population row votes nothing. ``multiplicity[i]`` scales the
-    row (a canary present that many times). Summing the rows gives the vote histogram
-    (``pipelines.histogram.vote_histogram`` per class).
+    Query ``i`` (an embedding, with its label) votes for each of its ``k'`` nearest rows of
+    ``population`` of the same label, ``k' = min(k, rows of that label)`` (the voter's cap),
+    with the vote definition's weight ``1/sqrt(k)`` (the release divides the integer counts by
+    ``sqrt(k)``); a query whose label has no population row votes nothing. ``multiplicity[i]``
+    scales the row (a canary present that many times). Summing the rows gives the vote histogram
+    in vote units.
     """
     q = np.asarray(queries, dtype=np.float32).reshape(len(queries), -1)
     p = np.asarray(population, dtype=np.float32).reshape(len(population), -1)
@@ -74,7 +106,7 @@ def vote_matrix(
         nn = exact_knn(q[qi], p[pi], kk, backend=backend)
         rows.append(np.repeat(qi, kk))
         cols.append(pi[nn].ravel())
-        vals.append(np.repeat(mult[qi] * vote_weight(kk), kk))
+        vals.append(np.repeat(mult[qi] * vote_weight(int(k)), kk))
     if not rows:
         return sparse.csr_matrix((len(q), len(p)))
     return sparse.csr_matrix(
@@ -82,43 +114,99 @@ def vote_matrix(
     )
 
 
+def exclusive_votes(canary_votes: sparse.spmatrix) -> sparse.csr_matrix:
+    """0/1 ``(n_canaries, n_bins)``: the bins of each canary's vote that no other canary votes for.
+
+    Depends on the canaries' vote sets only (all canaries, members or not), never on membership.
+    """
+    support = sparse.csr_matrix(canary_votes, dtype=np.float64, copy=True)
+    support.data = (support.data != 0).astype(np.float64)
+    support.eliminate_zeros()
+    voters = np.asarray(support.sum(axis=0)).ravel()  # canaries voting on each bin
+    return sparse.csr_matrix(support.multiply((voters == 1)[None, :].astype(np.float64)))
+
+
 def mechanism_statistic(
     releases: Sequence[np.ndarray],
     sigmas: Sequence[float],
-    private_votes: Sequence[np.ndarray],
+    fixed_votes: Sequence[np.ndarray],
     canary_votes: Sequence[sparse.spmatrix],
-    member: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The mechanism-level statistic of every canary in one run, and its mean when in.
+    """The mechanism-level statistic of every canary in one run, from its releases alone.
 
-    ``releases[t]``: the noisy histogram ``H_t`` (n_bins_t,); ``sigmas[t]`` its noise std;
-    ``private_votes[t]``: the un-noised histogram ``V_t`` of the run's private set as it was
-    (with the member canaries); ``canary_votes[t]``: ``(n_canaries, n_bins_t)``, canary c's vote
-    ``v_c,t`` (times its multiplicity); ``member``: (n_canaries,) bool, whether c was in.
-    ``V_{-c,t} = V_t - member_c v_c,t``. Returns ``(s, mu)``, each (n_canaries,): ``s`` is
-    ``N(0, 1)`` for a non-member and ``N(mu, 1)`` for a member under a correct Gaussian release.
+    ``releases[t]``: the noisy histogram ``H_t`` (n_bins_t,) in vote units; ``sigmas[t]`` its
+    noise std in vote units (from the ledger); ``fixed_votes[t]``: the un-noised histogram
+    ``F_t`` of the records that are in every run (no canary); ``canary_votes[t]``:
+    ``(n_canaries, n_bins_t)``, canary c's vote (only its support is used). No membership goes
+    in: see the module docstring.
+
+    Returns ``(s, exclusive)``: ``s`` (n_canaries,) as in the module docstring, and ``exclusive``
+    (n_canaries, T) int, the number of bins of c's vote in generation t that no other canary
+    votes for (``mechanism_shift`` turns it into the shift the accounting predicts).
     """
-    if not (len(releases) == len(sigmas) == len(private_votes) == len(canary_votes)) or not releases:
-        raise ValueError("mechanism_statistic: expected one release, sigma, histogram and vote per generation")
-    member = np.asarray(member, dtype=bool)
-    T = len(releases)
-    s = np.zeros(len(member))
-    mu = np.zeros(len(member))
-    for h, sigma, v_all, votes in zip(releases, sigmas, private_votes, canary_votes, strict=True):
-        h, v_all = np.asarray(h, dtype=np.float64), np.asarray(v_all, dtype=np.float64)
+    if not (len(releases) == len(sigmas) == len(fixed_votes) == len(canary_votes)) or not releases:
+        raise ValueError(
+            "mechanism_statistic: expected one release, sigma, always-in histogram and canary vote per generation"
+        )
+    n_canaries = sparse.csr_matrix(canary_votes[0]).shape[0]
+    total = np.zeros(n_canaries)
+    terms = np.zeros(n_canaries)
+    exclusive = np.zeros((n_canaries, len(releases)), dtype=np.int64)
+    for t, (h, sigma, fixed, votes) in enumerate(zip(releases, sigmas, fixed_votes, canary_votes, strict=True)):
+        h, fixed = np.asarray(h, dtype=np.float64), np.asarray(fixed, dtype=np.float64)
         votes = sparse.csr_matrix(votes)
-        if h.shape != v_all.shape or votes.shape != (len(member), h.shape[0]):
+        if h.ndim != 1 or h.shape != fixed.shape or votes.shape != (n_canaries, h.shape[0]):
             raise ValueError(
-                f"mechanism_statistic: release {h.shape}, histogram {v_all.shape} and votes {votes.shape}"
-                f" do not match {len(member)} canaries"
+                f"mechanism_statistic: generation {t + 1}: release {h.shape}, always-in histogram {fixed.shape}"
+                f" and canary votes {votes.shape} do not match {n_canaries} canaries"
             )
-        norm = np.sqrt(np.asarray(votes.multiply(votes).sum(axis=1)).ravel())
-        safe = np.where(norm > 0, norm, 1.0)
-        # <H - V + m_c v_c, v_c / ||v_c||> = <H - V, v_c>/||v_c|| + m_c ||v_c||
-        proj = votes @ (h - v_all) / safe + member * norm
-        s += np.where(norm > 0, proj, 0.0) / float(sigma)
-        mu += norm / float(sigma)
-    return s / np.sqrt(T), mu / np.sqrt(T)
+        sigma = float(sigma)
+        if not (np.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"mechanism_statistic: generation {t + 1}: sigma must be > 0, got {sigma!r}")
+        own = exclusive_votes(votes)
+        n = np.asarray(own.sum(axis=1)).ravel().astype(np.int64)
+        has = n > 0
+        proj = own @ (h - fixed)  # sum of H - F over c's own bins
+        total[has] += proj[has] / np.sqrt(n[has]) / sigma
+        terms += has
+        exclusive[:, t] = n
+    s = np.where(terms > 0, total / np.sqrt(np.maximum(terms, 1)), 0.0)
+    return s, exclusive
+
+
+def mechanism_shift(exclusive: np.ndarray, sigmas: Sequence[float], k: int, copies: int = 1) -> np.ndarray:
+    """The mean of ``mechanism_statistic``'s ``s`` for a member canary, as the accounting says.
+
+    ``exclusive`` (n_canaries, T) from ``mechanism_statistic``; ``sigmas[t]`` the ledger's noise
+    std of release t in vote units; each vote weighs ``1/sqrt(k)`` (the vote definition) and a
+    canary present ``copies`` times adds that many votes to each of its bins. A member's own bins
+    then hold ``copies/sqrt(k)`` each, and ``s`` shifts by
+    ``(copies/sqrt(k)) sum_t sqrt(|E_c,t|)/sigma_t / sqrt(n_c)``: ``copies * sqrt(T)/sigma`` for
+    a canary whose k bins are all its own at constant sigma.
+    """
+    e = np.asarray(exclusive, dtype=np.float64)
+    sig = np.asarray(sigmas, dtype=np.float64)
+    if e.ndim != 2 or e.shape[1] != sig.size:
+        raise ValueError(f"mechanism_shift: exclusive {e.shape} and {sig.size} sigmas do not match")
+    if int(k) < 1 or int(copies) < 1:
+        raise ValueError(f"mechanism_shift: expected k >= 1 and copies >= 1, got {k}, {copies}")
+    terms = (e > 0).sum(axis=1)
+    per = (np.sqrt(e) / sig[None, :]).sum(axis=1)
+    return np.where(terms > 0, int(copies) * vote_weight(int(k)) * per / np.sqrt(np.maximum(terms, 1)), 0.0)
+
+
+def mechanism_llr(stat: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Log-likelihood ratio of "in" (``N(shift, 1)``) against "out" (``N(0, 1)``) for each
+    statistic: ``shift * stat - shift^2 / 2``.
+
+    Canaries differ in how much of their vote is their own (``shift``), so one threshold on the
+    raw statistic mixes strong and weak tests; the likelihood ratio ranks them on one scale
+    (Neyman-Pearson), and a canary without a bin of its own (``shift = 0``) scores 0. ``shift``
+    comes from the release's populations and the ledger, never from membership, so this is still
+    a statistic of the release alone.
+    """
+    s, mu = np.asarray(stat, dtype=np.float64), np.asarray(shift, dtype=np.float64)
+    return mu * s - 0.5 * mu * mu
 
 
 def _knn_distances(queries: np.ndarray, base: np.ndarray, k: int) -> np.ndarray:

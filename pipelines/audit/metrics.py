@@ -14,8 +14,12 @@ things this module enforces:
 1. confidence bounds instead of point estimates: Clopper-Pearson (exact binomial) bounds on the
    rates; and
 2. a threshold fixed *before* looking at the data it is scored on: the threshold is chosen on one
-   random half of the observations and the bound is computed on the other half, otherwise the
-   maximum over thresholds of noisy estimates is biased upwards.
+   random half of the data and the bound is computed on the other half, otherwise the maximum
+   over thresholds of noisy estimates is biased upwards. The audit splits by runs, so that the
+   observations of one run (which share its model or its release) never sit in both halves.
+
+The result is a one-sided lower confidence bound (``epsilon_lower``) beside a plug-in estimate
+(``epsilon_point``), not an interval.
 
 The attainable bound is capped by the sample size (with no errors at all on ``n`` observations per
 side the Clopper-Pearson bound is about ``log(n / 3.7)`` at alpha = 0.05).
@@ -219,14 +223,17 @@ def epsilon_lower_bound(
     rng: np.random.Generator,
     alpha: float = 0.05,
     split: str = "observations",
+    groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Empirical (eps, delta) lower bound of a threshold test on ``stat``, valid at ``1 - alpha``.
 
     Procedure (the threshold is never chosen on the data it is scored on):
 
     1. split the data at random into two disjoint halves A and B: by ``"observations"`` (the
-       entries of ``stat``) or by ``"runs"`` (rows of a 2-D ``(n_runs, n_canaries)`` array, so
-       one run's observations stay together);
+       entries of ``stat``), by ``"runs"`` (rows of a 2-D ``(n_runs, n_canaries)`` array, so one
+       run's observations stay together: the audit's choice, since one run's observations share
+       its training or its release), or by ``groups`` (one group id per entry of ``stat``; all
+       entries of a group go to the same half; overrides ``split``);
     2. on A, for every candidate threshold (every distinct value, or a grid of ranks dense in
        both tails when there are more than ``MAX_CANDIDATES``) compute the Clopper-Pearson
        bound of step 3 at the stricter level ``alpha / 2 / n_candidates`` per rate and keep the
@@ -244,16 +251,21 @@ def epsilon_lower_bound(
 
            epsilon_lower = max(log((TPR_low - delta)/FPR_high), log((TNR_low - delta)/FNR_high), 0)
 
-    Returns a dict with ``epsilon_lower`` (the bound above: with probability >= 1 - alpha the
-    mechanism is not (eps, delta)-DP for any eps below it), ``epsilon_lower_ci`` =
-    ``[epsilon_lower, epsilon_point]`` where ``epsilon_point`` is the same formula with the plain
-    rates on B (a zero count in a denominator is replaced by 1/2 so it stays finite), the
-    ``threshold``, and ``n_positive``, ``n_negative``, ``true_positives``, ``false_positives``
-    on B, plus ``delta`` and ``alpha``.
+    Returns a dict with
 
-    The binomial bounds treat the observations of B as independent trials. That is exact for
-    independent releases (the mechanism-level audit); LiRA statistics computed leave-one-out share
-    shadow runs, so for them the interval is the usual approximation of the literature.
+    - ``epsilon_lower``: the one-sided lower confidence bound above, at level ``1 - alpha``
+      (95% by default): with probability >= 1 - alpha the mechanism is not (eps, delta)-DP for
+      any eps below it. It is a bound, not one end of an interval: there is no upper end;
+    - ``epsilon_point``: the plug-in estimate, the same formula with the plain rates on B (a zero
+      count in a denominator is replaced by 1/2 so it stays finite), never below
+      ``epsilon_lower``; it has no coverage guarantee;
+    - the ``threshold``; ``n_positive``, ``n_negative``, ``true_positives``,
+      ``false_positives`` on B; ``delta``, ``alpha`` and ``split``.
+
+    The binomial bounds treat the observations of B as independent trials. That holds for the
+    mechanism-level statistic of ``levels`` (disjoint bins, independent noise); LiRA statistics
+    computed leave-one-out share shadow runs, so for them the bound is the usual approximation
+    of the literature, made less optimistic by splitting by runs.
     """
     alpha = _check_rate(alpha, "alpha")
     delta = _check_rate(delta, "delta", open_low=False)
@@ -261,7 +273,19 @@ def epsilon_lower_bound(
     m_all = np.asarray(membership)
     _flat(s_all, m_all)  # validates shapes, dtype, both classes present
 
-    if split == "observations":
+    if groups is not None:
+        g = np.asarray(groups).ravel()
+        if g.shape != s_all.ravel().shape:
+            raise ValueError(f"groups: expected one group id per observation ({s_all.size}), got shape {g.shape}")
+        ids = np.unique(g)
+        if ids.size < 2:
+            raise ValueError("groups: expected at least 2 groups to split")
+        ids = ids[rng.permutation(ids.size)]
+        in_a = np.isin(g, ids[: ids.size // 2])
+        s_flat, m_flat = s_all.ravel(), m_all.ravel()
+        s_a, m_a, s_b, m_b = s_flat[in_a], m_flat[in_a], s_flat[~in_a], m_flat[~in_a]
+        split = "groups"
+    elif split == "observations":
         order = rng.permutation(s_all.size)
         half = order.size // 2
         idx_a, idx_b = order[:half], order[half:]
@@ -313,7 +337,6 @@ def epsilon_lower_bound(
 
     return {
         "epsilon_lower": eps_low,
-        "epsilon_lower_ci": [eps_low, eps_point],
         "epsilon_point": eps_point,
         "threshold": threshold,
         "n_positive": n_pos,
@@ -322,14 +345,16 @@ def epsilon_lower_bound(
         "false_positives": fp,
         "delta": delta,
         "alpha": alpha,
+        "split": split,
     }
 
 
 def is_violation(result: dict[str, Any], claimed_epsilon: float) -> bool:
     """True when the audit proves (at its confidence level) the claimed epsilon is wrong.
 
-    That is when the lower end of the interval, ``epsilon_lower``, exceeds ``claimed_epsilon``
-    (at the delta the audit was run with); a point estimate above the claim is not enough.
+    That is when the one-sided lower confidence bound ``epsilon_lower`` exceeds
+    ``claimed_epsilon`` (at the delta the audit was run with); a point estimate above the claim
+    is not enough.
     """
     return bool(float(result["epsilon_lower"]) > float(claimed_epsilon))
 
