@@ -9,7 +9,7 @@ from actors.knn import exact_knn
 from actors.voter import VoterShard, vote_peak_bytes
 from pipelines.embed_store import write_store, write_unit
 from pipelines.evolution import merge_vote_counts
-from pipelines.histogram import vote_histogram
+from pipelines.histogram import vote_counts
 
 
 def vector_store(path, sizes, dim, seed=0):
@@ -56,7 +56,7 @@ def test_shards_splitting_a_class_sum_to_the_single_voter_histogram(tmp_path):
     summed = merge_vote_counts(partial, labels)
     np.testing.assert_array_equal(summed, merge_vote_counts([single], labels))
     expected = np.concatenate([
-        vote_histogram(exact_knn(private[c], synthetic[c], min(k, len(synthetic[c]))), len(synthetic[c]))
+        vote_counts(exact_knn(private[c], synthetic[c], min(k, len(synthetic[c]))), len(synthetic[c]))
         for c in labels
     ])
     np.testing.assert_array_equal(summed, expected)
@@ -64,9 +64,10 @@ def test_shards_splitting_a_class_sum_to_the_single_voter_histogram(tmp_path):
     for c in labels:
         kk = min(k, len(synthetic[c]))
         assert sum(p[c].sum() for p in partial) == sizes[c] * kk
-    # the voter's own weighted histograms agree with the driver's merge
+    # the voter's own weighted histograms are the merged counts weighted 1/sqrt(k)
     whole = voter(tmp_path, labels, dim, k).vote(labels, *batches)
-    np.testing.assert_array_equal(np.concatenate([whole[c] for c in labels]), expected)
+    weights = np.concatenate([np.full(len(synthetic[c]), 1 / np.sqrt(min(k, len(synthetic[c])))) for c in labels])
+    np.testing.assert_allclose(np.concatenate([whole[c] for c in labels]), expected * weights, rtol=1e-15)
 
 
 def test_in_actor_shards_split_classes_like_store_shards():
