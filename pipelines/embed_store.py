@@ -62,7 +62,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.files import atomic_open, write_json_atomic
+from pipelines.files import atomic_open, private_dir, write_json_atomic
 
 STORE_FORMAT = 2
 STORE_KINDS = ("image_folder", "parquet_shards")
@@ -72,7 +72,6 @@ UNIT_SIZE = 1024
 MANIFEST = "manifest.json"
 INDEX = "index.npy"
 UNITS = "units"
-_OWNER_ONLY = 0o700
 PRIVATE_DIR_ENV = "PRIVEVO_PRIVATE_DIR"
 
 
@@ -85,7 +84,7 @@ def private_root() -> Path:
     Created (with missing parents) mode 0o700 if missing, and set to 0o700 if not.
     """
     root = Path(os.environ.get(PRIVATE_DIR_ENV) or "~/.cache/privevo").expanduser().absolute()
-    _private_dir(root)
+    private_dir(root)
     return root
 
 
@@ -136,16 +135,6 @@ def check_setting(setting: str, run_dir: Path | None = None) -> str | None:
                 return (f"{path} is inside the run directory {run}, which is copied and shared; "
                         "put private embeddings elsewhere ('on' uses $PRIVEVO_PRIVATE_DIR or ~/.cache/privevo)")
     return None
-
-
-def _private_dir(path: Path) -> None:
-    """Create ``path`` owner-only, and its missing parents too (e.g. the run's ``private/``)."""
-    path = Path(path).absolute()
-    for folder in [*reversed(path.parents), path]:
-        if not folder.exists():
-            folder.mkdir(mode=_OWNER_ONLY, exist_ok=True)
-            os.chmod(folder, _OWNER_ONLY)
-    os.chmod(path, _OWNER_ONLY)
 
 
 # --------------------------------------------------------------------------- key
@@ -406,12 +395,12 @@ def build_store(
     data = data if isinstance(data, dict) else data.model_dump()
     files, units = plan_units(data, unit_size)
     key = store_key(data, embedder, embedder_options, max_value, files)
-    _private_dir(store)
+    private_dir(store)
     manifest = _complete(store, key)
     if manifest is not None:
         return _summary(store, manifest, reused=True)
     clear_store(store)
-    _private_dir(store / UNITS)
+    private_dir(store / UNITS)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.verbose_progress = False

@@ -20,6 +20,14 @@ class Crash(RuntimeError):
     pass
 
 
+def crash_after(last: int):
+    """An ``after_release`` hook: the run dies right after release ``last`` is in the ledger."""
+    def hook(generation: int) -> None:
+        if generation == last:
+            raise Crash(f"killed after release {last}, before its checkpoint")
+    return hook
+
+
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory, ray_session):
     """An uninterrupted run with seeded test noise."""
@@ -92,12 +100,8 @@ def test_crash_between_ledger_and_checkpoint_resumes_without_redrawing(reference
                                                                          monkeypatch):
     run_dir = tmp_path / "run"
 
-    def crash_after(generation):
-        if generation == 2:
-            raise Crash("killed between the ledger write and the checkpoint")
-
     with pytest.raises(Crash):
-        synthesize(small_config(), run_dir, insecure_noise_seed=NOISE_SEED, after_release=crash_after)
+        synthesize(small_config(), run_dir, insecure_noise_seed=NOISE_SEED, after_release=crash_after(2))
     ledger = PrivacyLedger(run_dir)
     assert ledger.generations() == [1, 2]  # release 2 happened and is accounted for
     state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
@@ -119,12 +123,8 @@ def test_crash_between_ledger_and_checkpoint_resumes_without_redrawing(reference
 def test_resumed_run_equals_uninterrupted_run(reference_run, tmp_path, ray_session, monkeypatch):
     run_dir = tmp_path / "run"
 
-    def crash_after(generation):
-        if generation == 1:
-            raise Crash()
-
     with pytest.raises(Crash):
-        synthesize(small_config(), run_dir, insecure_noise_seed=NOISE_SEED, after_release=crash_after)
+        synthesize(small_config(), run_dir, insecure_noise_seed=NOISE_SEED, after_release=crash_after(1))
     forbid_draws_up_to(monkeypatch, 1)
     synthesize(small_config(generators=1), run_dir, resume=True, insecure_noise_seed=NOISE_SEED)
     assert synthetic_rows(run_dir) == synthetic_rows(reference_run.run_dir)
@@ -141,13 +141,9 @@ def test_ledger_two_releases_ahead_of_the_checkpoint_replays_them(reference_run,
             return  # the write of S_1 never lands
         save(self, population, state)
 
-    def crash_after(generation):
-        if generation == 2:
-            raise Crash()
-
     monkeypatch.setattr(Synthesis, "_save_checkpoint", lose_generation_1)
     with pytest.raises(Crash):
-        synthesize(small_config(), run_dir, insecure_noise_seed=NOISE_SEED, after_release=crash_after)
+        synthesize(small_config(), run_dir, insecure_noise_seed=NOISE_SEED, after_release=crash_after(2))
     monkeypatch.setattr(Synthesis, "_save_checkpoint", save)
     assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["generation"] == 0
     assert PrivacyLedger(run_dir).generations() == [1, 2]
@@ -163,12 +159,8 @@ def test_resume_refuses_a_checkpoint_whose_releases_the_ledger_lost(tmp_path, ra
     than its output depends on."""
     run_dir = tmp_path / "run"
 
-    def crash_after(generation):
-        if generation == 2:
-            raise Crash()
-
     with pytest.raises(Crash):
-        synthesize(small_config(), run_dir, insecure_noise_seed=NOISE_SEED, after_release=crash_after)
+        synthesize(small_config(), run_dir, insecure_noise_seed=NOISE_SEED, after_release=crash_after(2))
     assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["generation"] == 1
     (run_dir / "ledger.jsonl").unlink()
     for path in (run_dir / "releases").iterdir():
