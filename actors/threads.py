@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def limit_threads(threads: int, *, torch: bool) -> None:
@@ -23,3 +25,20 @@ def limit_threads(threads: int, *, torch: bool) -> None:
         import torch as _torch
 
         _torch.set_num_threads(threads)
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` inside the block, restored after (None: leave
+    torch's setting alone). A batched training run keeps to the cores its Ray task reserved."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

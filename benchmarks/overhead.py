@@ -2,12 +2,12 @@
 
     python -m benchmarks.run overhead [--quick]
 
-Both runs execute the driver's own generation loop (``Synthesis._run``) on the demo
-config (simulator, pixel embedder, FAISS kNN, Gaussian mechanism), with the same
-seeds and the same seeded release noise, so they make the same samples and the same
-releases (checked: ``same_output``). On Ray the generator worker and the voter shard
-are actors (one of each, so the Ray run has no parallelism to hide overhead behind);
-in the plain process the very same classes are called directly, without Ray.
+Both runs are the whole synthesize run on the demo config (simulator, pixel embedder,
+FAISS kNN, discrete Gaussian release), with the same seeds and the same seeded release
+noise, so they make the same samples and the same releases (checked: ``same_output``):
+once on the Ray engine, the generator worker and the voter shard as actors (one of each,
+so the Ray run has no parallelism to hide overhead behind), once on the in-process engine
+(``resources.engine: in_process``), the very same classes called directly.
 
 Measured at demo size (100 samples per class and generation) and at 10x (1,000):
 
@@ -26,7 +26,6 @@ whole runs are compared too.
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -44,122 +43,16 @@ SUITE = "overhead"
 NOISE_SEED = 20240601
 
 
-class _Method:
-    def __init__(self, fn) -> None:
-        self._fn = fn
-
-    def remote(self, *args, **kwargs):
-        return self._fn(*args, **kwargs)
-
-    def options(self, **_):
-        return self
-
-
-class _Handle:
-    """Calls ``handle.method.remote(...)`` on a plain object, in this process."""
-
-    def __init__(self, obj) -> None:
-        self._obj = obj
-
-    def __getattr__(self, name: str) -> _Method:
-        return _Method(getattr(self._obj, name))
-
-
-class _NoRay:
-    """The few Ray calls the driver makes, done in-process: put/get are identities."""
-
-    in_process = True  # actor calls run right here: they are work, not dispatch (see MeteredRay)
-
-    @staticmethod
-    def put(value):
-        return value
-
-    @staticmethod
-    def get(value):
-        return value
-
-    @staticmethod
-    def remote(fn) -> _Method:
-        return _Method(fn)
-
-    @staticmethod
-    def kill(_) -> None:
-        return None
-
-
-class LocalActors:
-    """The run's generator workers and voter shards as plain objects (the plain-process run)."""
-
-    def __init__(self, config, info, labels) -> None:
-        from actors.generators.worker import GeneratorWorker
-        from actors.voter import VoterShard
-        from pipelines.evolution import generator_context, n_voter_shards
-
-        self.ray = _NoRay()
-        self.config = config
-        res = config.resources
-        context = generator_context(info, labels, "cpu")
-        self._workers = [GeneratorWorker(config.generator.kind, dict(config.generator.options), context)
-                         for _ in range(config.generators)]
-        self.generators = [_Handle(w) for w in self._workers]
-        n_shards = n_voter_shards(config, labels)
-        split = res.voter_split == "samples"
-        self.voter_labels = [labels if split else labels[i::n_shards] for i in range(n_shards)]
-        self._voters = [
-            VoterShard(config.data.model_dump(), shard_labels, config.embedder.kind, info.max_value, info.sample_shape,
-                       config.vote.k, config.vote.knn_backend, config.vote.query_chunk, config.vote.db_chunk,
-                       embedder_options=dict(config.embedder.options), device="cpu",
-                       part=(i, n_shards) if split else (0, 1))
-            for i, shard_labels in enumerate(self.voter_labels)
-        ]
-        self.voters = [_Handle(v) for v in self._voters]
-        self.voters_of = {label: [i for i, shard in enumerate(self.voter_labels) if label in shard] for label in labels}
-        self._next = 0
-
-    def generator(self):
-        actor = self.generators[self._next % len(self.generators)]
-        self._next += 1
-        return actor
-
-    def wait_ready(self) -> None:
-        return None
-
-    def request_stats(self):
-        return [actor.stats() for actor in [*self._workers, *self._voters]]
-
-    def collect_stats(self, requests):
-        from pipelines.metering import ActorUsage
-
-        res = self.config.resources
-        roles = [("generators", res.generator_cpus)] * len(self._workers) + [("voters", res.voter_cpus)] * len(self._voters)
-        return [ActorUsage(role, s["sections"], cpus, 0.0, tagged=s["tagged"]) for (role, cpus), s in zip(roles, requests)]
-
-    def shutdown(self) -> None:
-        return None
-
-
-def _synthesis(config, run_dir: Path):
-    from pipelines.config import dump_config
-    from pipelines.evolution import Synthesis, check_config
-
-    plan, info, labels = check_config(config, "benchmark")
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(dump_config(config))
-    return Synthesis(config, run_dir, plan, info, labels, insecure_noise_seed=NOISE_SEED)
-
-
 def run_plain(config, run_dir: Path) -> dict[str, Any]:
-    """The driver loop with every actor a plain object in this process (no Ray)."""
+    """The same run on the in-process engine: every actor a plain object in this process (no Ray)."""
     from threadpoolctl import threadpool_limits
 
-    from pipelines.evolution import Progress
+    from pipelines.evolution import synthesize
 
     # One thread for BLAS and OpenMP (FAISS), as each Ray actor has (OMP_NUM_THREADS=1).
     with threadpool_limits(limits=1):
-        synthesis = _synthesis(config, run_dir)
-        actors = LocalActors(config, synthesis.info, synthesis.labels)
-        wall0 = time.perf_counter()
-        return synthesis._run(actors, Progress(config.generations, False), wall0, 0.0)
+        config = config.model_copy(update={"resources": config.resources.model_copy(update={"engine": "in_process"})})
+        return synthesize(config, run_dir, insecure_noise_seed=NOISE_SEED).report
 
 
 def run_ray(config, run_dir: Path) -> dict[str, Any]:

@@ -109,7 +109,7 @@ def main() -> None:
     import torch
 
     from actors.paradigms import PARADIGMS
-    from actors.trainer import TrainSpec
+    from actors.training.models import TrainSpec
 
     names = [n for n in args.only.split(",") if n] or list(VARIANTS)
     unknown = sorted(set(names) - set(VARIANTS))

@@ -89,7 +89,7 @@ def run_layout(ray, store: Path, synthetic: list[np.ndarray], *, shards: int, sp
                query_chunk: int, db_chunk: int, generations: int) -> tuple[dict, np.ndarray]:
     """Start the shards, vote ``generations`` times; returns the measurements and the last histogram."""
     from actors.voter import VoterShard, vote_peak_bytes
-    from pipelines.evolution import merge_vote_counts
+    from pipelines.engines import merge_vote_counts
 
     labels = tuple(range(len(synthetic)))
     voter_cls = ray.remote(VoterShard).options(num_cpus=1)

@@ -15,8 +15,18 @@ from pipelines.config import ConfigError, load_config
 INSECURE_NOISE_ENV = "PRIVEVO_INSECURE_NOISE_SEED"
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("privevo")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="privevo", description="DP synthetic data with Private Evolution on Ray")
+    parser.add_argument("--version", action="version", version=f"privevo {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     syn = sub.add_parser("synthesize", help="make DP synthetic data with Private Evolution")
     syn.add_argument("config", nargs="?", help="run config (YAML); with --resume, defaults to the run's own")

@@ -203,15 +203,38 @@ class VoteConfig(_Strict):
         return value
 
 
-class GeneratorConfig(_Strict):
-    """The foundation model: an allow-listed kind and its typed options."""
+def _installed_kind(what: str, kind: str) -> str:
+    """``kind`` if an installed plugin provides it (names only: nothing is imported here)."""
+    from actors import plugins
 
-    kind: Literal["simulator", "diffusion", "llm"] = "simulator"
+    if kind not in plugins.kinds(what):
+        raise ValueError(f"unknown {what} {kind!r}; installed: {', '.join(plugins.kinds(what))} "
+                         f"(plugins add kinds through the {plugins.GROUPS[what]!r} entry points)")
+    return kind
+
+
+class GeneratorConfig(_Strict):
+    """The foundation model: an installed kind (a ``privevo.generators`` plugin) and its typed options."""
+
+    kind: str = Field("simulator", min_length=1, description="built in: simulator, diffusion, llm; or a plugin's")
+
+    @field_validator("kind")
+    @classmethod
+    def _installed(cls, value: str) -> str:
+        return _installed_kind("generator", value)
     options: dict[str, Any] = Field(default_factory=dict, description="validated by the kind's Options model")
 
 
 class EmbedderConfig(_Strict):
-    kind: Literal["pixels", "inception", "clip", "sentence_transformer"] = "pixels"
+    """The embedding model of the vote: an installed kind (a ``privevo.embedders`` plugin) and its options."""
+
+    kind: str = Field("pixels", min_length=1,
+                      description="built in: pixels, inception, clip, sentence_transformer; or a plugin's")
+
+    @field_validator("kind")
+    @classmethod
+    def _installed(cls, value: str) -> str:
+        return _installed_kind("embedder", value)
     options: dict[str, Any] = Field(default_factory=dict, description="validated by the kind's Options model")
 
 
@@ -229,6 +252,10 @@ class EvaluationConfig(_Strict):
 
 
 class ResourcesConfig(_Strict):
+    engine: Literal["ray", "in_process"] = Field(
+        "ray", description="'ray': generator and voter actors on a Ray instance or cluster; 'in_process': the same "
+        "work in this process (tests, notebooks, tiny runs); both give the same outputs",
+    )
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance (default: all)")
     generator_cpus: float = Field(0.5, gt=0)
     voter_cpus: float = Field(0.5, gt=0)

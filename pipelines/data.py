@@ -71,6 +71,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import math
 import os
 import zipfile
@@ -882,12 +883,15 @@ def synthetic_table(
     params: dict[str, np.ndarray],
     max_value: float,
     png: bool = True,
+    class_names: list[str] | None = None,
 ) -> pa.Table:
     """The synthetic set as an Arrow table: ids, lineage, the sample and generator params.
 
     Images are stored flattened (``image``, shape in the schema metadata) and, with
-    ``png``, as PNG bytes (``png``: for people and other tools; checkpoints skip it,
-    encoding is most of their cost); text as ``text``.
+    ``png``, as PNG bytes (``png``, a struct of ``bytes`` and ``path`` as Hugging Face's Image
+    feature stores it: for people and other tools; checkpoints skip it,
+    encoding is most of their cost); text as ``text``. With ``class_names``, the schema also
+    carries the Hugging Face features (:func:`huggingface_features`).
     """
     n = len(ids)
     columns: dict[str, pa.Array] = {
@@ -903,13 +907,42 @@ def synthetic_table(
         flat = np.asarray(samples, dtype=np.float32).reshape(n, -1)
         columns["image"] = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), max(flat.shape[1], 1))
         if png:
-            columns["png"] = pa.array([image_png(img, max_value) for img in samples], type=pa.binary())
+            # stored as Hugging Face's Image layout (struct of bytes and path), so ``datasets`` decodes it
+            encoded = pa.array([image_png(img, max_value) for img in samples], type=pa.binary())
+            columns["png"] = pa.StructArray.from_arrays([encoded, pa.nulls(n, pa.string())], names=["bytes", "path"])
     for name, values in params.items():
         columns[f"param_{name}"] = _param_column(values, n)
     metadata = {b"modality": b"text" if is_text else b"image"}
     if not is_text:
         metadata[b"image_shape"] = ",".join(str(s) for s in samples.shape[1:]).encode()
-    return pa.table(columns).replace_schema_metadata(metadata)
+    table = pa.table(columns)
+    if class_names is not None:
+        metadata[b"huggingface"] = json.dumps({"info": {"features": huggingface_features(table.schema, class_names)}}).encode()
+    return table.replace_schema_metadata(metadata)
+
+
+def _feature(field_type: pa.DataType) -> dict[str, Any]:
+    if pa.types.is_fixed_size_list(field_type) or pa.types.is_list(field_type):
+        out = {"feature": _feature(field_type.value_type), "_type": "List"}
+        if pa.types.is_fixed_size_list(field_type):
+            out["length"] = field_type.list_size
+        return out
+    return {"dtype": str(field_type), "_type": "Value"}
+
+
+def huggingface_features(schema: pa.Schema, class_names: list[str]) -> dict[str, Any]:
+    """The Hugging Face ``datasets`` features of a synthetic table (the parquet metadata key
+    ``huggingface``): ``load_dataset("parquet", ...)`` then decodes ``png`` as images and
+    ``label`` as a ``ClassLabel`` with the run's class names; other columns keep their types."""
+    features: dict[str, Any] = {}
+    for field in schema:
+        if field.name == "label":
+            features["label"] = {"names": list(class_names), "_type": "ClassLabel"}
+        elif field.name == "png":
+            features["png"] = {"_type": "Image"}
+        else:
+            features[field.name] = _feature(field.type)
+    return features
 
 
 def read_synthetic(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], pa.Table]:

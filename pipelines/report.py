@@ -20,7 +20,8 @@ from pipelines.metering import plot_cost, run_cost
 from pipelines.privacy import NOISE_SOURCE_SECURE, calibration_eps_error, epsilon_closed_form
 
 if TYPE_CHECKING:
-    from pipelines.evolution import Population, Synthesis
+    from pipelines.evolution import Synthesis
+    from pipelines.population import Population
 
 STAGES = ("generate", "vote", "release", "select", "evaluate", "checkpoint")
 
@@ -191,7 +192,8 @@ def build_report(
 def write_outputs(run: "Synthesis", population: "Population", report: dict[str, Any]) -> None:
     """synthetic.parquet, the plots, then report.json last (its presence marks a finished run)."""
     out = run.run_dir
-    write_parquet_atomic(population.table(run.info.max_value), out / "synthetic.parquet")
+    names = [run.info.class_names[label] for label in sorted(run.info.class_names)]
+    write_parquet_atomic(population.table(run.info.max_value, class_names=names), out / "synthetic.parquet")
     if run.info.modality == "image":
         # held-out images are drawn only when declared public (run.heldout is None otherwise)
         real = (None, None) if run.heldout is None else (run.heldout.samples, run.heldout.labels)
@@ -308,7 +310,9 @@ def summary_lines(report: dict[str, Any], run_dir: Path) -> list[str]:
         lines.append(
             f"cost               {cost['cpu_hours']:.4f} CPU-hours, {cost['gpu_hours']:.4f} GPU-hours "
             f"({cost['gpu_hours_per_1000_samples']:.4f} per 1,000 samples), "
-            f"orchestration overhead {100 * cost['overhead_fraction']:.1f}% of generation wall"
+            f"orchestration overhead {100 * cost['overhead_fraction']:.1f}% of generation wall "
+            f"(time no stage's work covers: Ray calls and idle waits, over "
+            f"{cost['wall_seconds'] / max(1, len(cost['generations_metered'])):.2f} s per generation)"
         )
     if p["noise_source"] != NOISE_SOURCE_SECURE:
         lines.append("WARNING            release noise was SEEDED: this run gives no privacy")

@@ -4,6 +4,8 @@ import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # set explicitly: tests never rely on Ray's default
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download: models and data are local
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")

@@ -239,7 +239,7 @@ def real_release_audits():
 
 
 def _judge(stat, shift, membership, accounted, delta):
-    from pipelines.audit.job import mechanism_report
+    from pipelines.audit.reduce import mechanism_report
 
     return mechanism_report(stat, shift, membership, delta, np.random.default_rng(9), accounted)
 
@@ -306,7 +306,8 @@ def test_duplicated_canaries_are_judged_against_the_group_epsilon():
 
 
 def test_group_claims_are_labelled_in_the_table():
-    from pipelines.audit.job import privacy_unit, summary_table
+    from pipelines.audit.job import summary_table
+    from pipelines.audit.reduce import privacy_unit
 
     assert privacy_unit(1) == "record" and privacy_unit(4) == "group privacy (4 records)"
     row = {"accuracy": 0.9, "tpr_at_0.1pct_fpr": 0.01, "tpr_at_1pct_fpr": 0.02, "auc": 0.6,
@@ -324,7 +325,7 @@ def test_group_claims_are_labelled_in_the_table():
 
 
 def test_ledger_parameters_read_the_theory_from_the_ledger(tmp_path):
-    from pipelines.audit.job import ledger_parameters
+    from pipelines.audit.pe_runs import ledger_parameters
 
     def write(records):
         (tmp_path / "ledger.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -10,8 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from pipelines.audit import job
-from pipelines.audit.job import AuditConfig, load_audit_config, run_audit
+from pipelines.audit import data as audit_data
+from pipelines.audit import paradigms as audit_paradigms
+from pipelines.audit.config import AuditConfig
+from pipelines.audit.job import load_audit_config, run_audit, summary_table
 from pipelines.config import ConfigError
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -84,7 +86,7 @@ def test_resume_skips_finished_chunks_and_extends_runs(tmp_path):
     assert chunk_stats(folder)["chunk-0000-0001.npz"] == before["chunk-0000-0001.npz"]
     assert np.array_equal(model_scores(out, 4), scores)
     seeds = json.loads((out / "seeds.json").read_text())["paradigms"]["none"]["runs"]
-    assert len(seeds) == 8 and seeds[:4] == [job.run_seed(5, 0, r) for r in range(4)]
+    assert len(seeds) == 8 and seeds[:4] == [audit_data.run_seed(5, 0, r) for r in range(4)]
     assert pq.read_table(out / "scores.parquet").num_rows == 8 * 10
 
 
@@ -119,7 +121,7 @@ class BlindParadigm:
     def train(self, x, y, weights, x_test, y_test, spec, seeds, options, n_classes, *, public=None):
         from dataclasses import replace
 
-        from actors.trainer import train_batched
+        from actors.training.train import train_batched
 
         always = np.broadcast_to(weights.min(axis=0), weights.shape)
         return train_batched(x, y, always, replace(spec, epochs=options.epochs), seeds, n_classes)
@@ -133,7 +135,7 @@ class CopyingParadigm:
     def train(self, x, y, weights, x_test, y_test, spec, seeds, options, n_classes, *, public=None):
         from dataclasses import replace
 
-        from actors.trainer import train_batched
+        from actors.training.train import train_batched
 
         model = train_batched(x, y, weights, replace(spec, epochs=options.epochs), seeds, n_classes)
         rows = [np.flatnonzero(w) for w in weights]
@@ -148,7 +150,7 @@ def fake_registry(monkeypatch):
     import ray
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests
-    monkeypatch.setattr(job, "paradigm_registry", lambda: {"coreset": CopyingParadigm(), "distill": BlindParadigm()})
+    monkeypatch.setattr(audit_paradigms, "paradigm_registry", lambda: {"coreset": CopyingParadigm(), "distill": BlindParadigm()})
     yield
     ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
@@ -187,14 +189,14 @@ def test_external_paradigm_and_one_run(tmp_path, fake_registry):
         correct, 12)
     assert once["epsilon_lower"] == one_run_epsilon_lower(correct, 12, 30, config.delta)
     assert once["epsilon_point"] is None
-    table = job.summary_table(report)
+    table = summary_table(report)
     assert "| copy (synthetic: distance) |" in table and "| once |" in table and " (one run) |" in table
 
 
 def test_external_paradigm_options_are_checked_before_data(tmp_path, fake_registry, monkeypatch):
     path = tmp_path / "audit.yaml"
     path.write_text("runs: 4\nparadigms:\n  - {kind: none}\n  - {kind: coreset, options: {bogus: 1}}\n")
-    monkeypatch.setattr(job, "prepare_data", lambda config: pytest.fail("data read before the check"))
+    monkeypatch.setattr(audit_data, "load_private", lambda *a, **k: pytest.fail("data read before the check"))
     with pytest.raises(ConfigError, match=r"paradigms\.1\.options\.bogus: unknown field"):
         load_audit_config(path)
     config = AuditConfig.model_validate(
@@ -202,7 +204,7 @@ def test_external_paradigm_options_are_checked_before_data(tmp_path, fake_regist
     with pytest.raises(ConfigError, match=r"paradigms\.1\.options\.bogus"):
         run_audit(config, tmp_path / "x")
     assert not (tmp_path / "x").exists()  # nothing half written
-    monkeypatch.setattr(job, "paradigm_registry", lambda: None)
+    monkeypatch.setattr(audit_paradigms, "paradigm_registry", lambda: None)
     with pytest.raises(ConfigError, match=r"paradigms\.1\.kind: 'coreset' needs the paradigm package"):
         load_audit_config(path)
     path.write_text("runs: 4\nparadigms:\n  - {kind: none, options: {a: 1}}\n")
@@ -214,8 +216,8 @@ def test_canary_kinds_in_the_training_set():
     from pipelines.audit import paired_membership
     from pipelines.data import load_private
 
-    base = job.prepare_data(tiny())
-    dup = job.prepare_data(tiny(canaries={"count": 10, "kind": "duplicated", "repeat": 3}))
+    base = audit_data.prepare_data(tiny())
+    dup = audit_data.prepare_data(tiny(canaries={"count": 10, "kind": "duplicated", "repeat": 3}))
     assert len(dup.y) == len(base.y) + 20
     membership = paired_membership(10, 4, seed=5)
     w = dup.weights(membership)
@@ -227,7 +229,7 @@ def test_canary_kinds_in_the_training_set():
     assert (w[:, dup.canary_of < 0] == 1).all()
     assert (dup.canary_y != dup.true_y).all()  # duplicated canaries are mislabeled too
 
-    ood = job.prepare_data(tiny(canaries={"count": 10, "kind": "ood"}))
+    ood = audit_data.prepare_data(tiny(canaries={"count": 10, "kind": "ood"}))
     original = load_private({"kind": "digits"}).samples[ood.canary_rows] / 16.0
     np.testing.assert_allclose(ood.canary_x, 1.0 - original.reshape(-1, 8, 8), atol=1e-6)
     with pytest.raises(ValueError, match="repeat"):
@@ -246,5 +248,5 @@ def test_duplicated_canaries_are_judged_against_group_privacy(tmp_path):
     assert abs(dp["epsilon"] - 1.0) < 0.05  # per record, as accounted
     assert 2 * dp["epsilon"] < dp["epsilon_claim"] < 4 * dp["epsilon"]
     assert dp["violation"] is False
-    assert f"{dp['epsilon_claim']:.2f} (group privacy (2 records); {dp['epsilon']:.2f} per record)" in job.summary_table(
+    assert f"{dp['epsilon_claim']:.2f} (group privacy (2 records); {dp['epsilon']:.2f} per record)" in summary_table(
         report)

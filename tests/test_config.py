@@ -110,3 +110,12 @@ def test_cli_refuses_existing_run_dir(tmp_path, capsys):
     (out / "something").write_text("x")
     assert main(["synthesize", str(DEMO), "--out", str(out), "--quiet"]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"privevo {version('privevo')}"

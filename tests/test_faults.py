@@ -20,7 +20,8 @@ import pytest
 from conftest import small_config
 from pipelines.config import ConfigError, dump_config
 from pipelines.data import read_synthetic
-from pipelines.evolution import check_resume, placement_bundles, placement_error
+from pipelines.checks import check_resume
+from pipelines.engines import placement_bundles, placement_error
 from pipelines.privacy import PrivacyLedger
 
 ROOT = Path(__file__).resolve().parents[1]

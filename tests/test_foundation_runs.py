@@ -192,7 +192,7 @@ def test_shipped_text_configs_pass_every_check(name, tmp_path, tiny_lm):
     from pathlib import Path
 
     from pipelines.config import parse_config
-    from pipelines.evolution import check_config, check_data
+    from pipelines.checks import check_config, check_data
 
     raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / name).read_text())
     for key in ("path", "heldout_path"):
@@ -212,7 +212,7 @@ def test_shipped_text_configs_pass_every_check(name, tmp_path, tiny_lm):
 
 
 def test_a_plan_larger_than_the_cluster_is_refused():
-    from pipelines.evolution import check_capacity
+    from pipelines.checks import check_capacity
 
     config = small_config(generators=3, **{"resources.generator_cpus": 1.0})
     with pytest.raises(ConfigError, match=r"needs 3\.25 CPUs .* has 2"):

@@ -15,7 +15,9 @@ from pydantic import ValidationError
 from actors.paradigms import PARADIGMS
 from actors.paradigms.coreset import select
 from actors.paradigms.distill import initial_images
-from actors.trainer import BatchedModel, TrainSpec, train_batched
+from actors.training.batched import BatchedModel
+from actors.training.models import TrainSpec
+from actors.training.train import train_batched
 
 N_CLASSES = 10
 

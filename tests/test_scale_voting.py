@@ -8,7 +8,7 @@ import pytest
 from actors.knn import exact_knn
 from actors.voter import VoterShard, vote_peak_bytes
 from pipelines.embed_store import write_store, write_unit
-from pipelines.evolution import merge_vote_counts
+from pipelines.engines import merge_vote_counts
 from pipelines.histogram import vote_counts
 
 

@@ -87,13 +87,15 @@ def test_estimated_class_sizes_come_from_the_releases(reference_run):
 
 def forbid_draws_up_to(monkeypatch, last: int) -> None:
     """Fail the test if a release for a generation <= ``last`` is drawn."""
-    release = Synthesis._release
+    from pipelines.evolution import LedgerReleases
 
-    def guarded(self, counts, generation):
+    draw = LedgerReleases._draw
+
+    def guarded(self, generation, counts):
         assert generation > last, f"release {generation} was drawn again"
-        return release(self, counts, generation)
+        return draw(self, generation, counts)
 
-    monkeypatch.setattr(Synthesis, "_release", guarded)
+    monkeypatch.setattr(LedgerReleases, "_draw", guarded)
 
 
 def test_crash_between_ledger_and_checkpoint_resumes_without_redrawing(reference_run, tmp_path, ray_session,
@@ -174,7 +176,7 @@ def test_a_crash_after_the_final_checkpoint_resumes_to_the_report(reference_run,
     run_dir = tmp_path / "run"
     baselines = Synthesis._baselines
 
-    def crash(self, actors):
+    def crash(self, *args):
         raise Crash("killed while the report is made")
 
     monkeypatch.setattr(Synthesis, "_baselines", crash)

@@ -8,22 +8,22 @@ import numpy as np
 import pytest
 import torch
 
-from actors.trainer import (
-    TrainSpec,
-    _init_params,
-    _template,
+from actors.training.accounting import (
+    DPSGDAccountant,
+    dpsgd_epsilon,
+    dpsgd_noise_multiplier,
+)
+from actors.training.augment import shift_images, shift_queries
+from actors.training.dpsgd import (
     add_noise_and_average,
     clip_per_example_grads,
     clipped_grad_sum,
-    dpsgd_epsilon,
-    dpsgd_noise_multiplier,
     dpsgd_steps,
     per_example_grads,
-    shift_images,
-    shift_queries,
-    train_batched,
     train_batched_dpsgd,
 )
+from actors.training.models import TrainSpec, build_template, init_params
+from actors.training.train import train_batched
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +50,8 @@ def _canaries(y, n_canaries, n_runs, rng):
 
 
 def _stacked(spec, shape, seeds, n_classes=10):
-    t = _template(spec, shape, n_classes)
-    per = [_init_params(t, s) for s in seeds]
+    t = build_template(spec, shape, n_classes)
+    per = [init_params(t, s) for s in seeds]
     return t, {k: torch.stack([p[k] for p in per]) for k in per[0]}
 
 
@@ -230,6 +230,11 @@ def test_accounting_round_trip(target):
     assert abs(eps - target) <= 0.01 * target and eps <= target * 1.0001, (sigma, eps)
     assert dpsgd_epsilon(0.95 * sigma, q, steps, delta) > target  # sigma is (nearly) the smallest
     assert dpsgd_epsilon(sigma, q, 2 * steps, delta) > eps
+    # an accountant stepped once per DP-SGD step composes to the same epsilon
+    acc = DPSGDAccountant()
+    for _ in range(steps):
+        acc.step(noise_multiplier=sigma, sample_rate=q)
+    assert acc.history == [(sigma, q, steps)] and acc.get_epsilon(delta) == eps
 
 
 def test_dpsgd_learns_at_epsilon_4_and_noise_matters(digits):

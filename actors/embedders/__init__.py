@@ -1,10 +1,11 @@
 """Embedding models: turn samples into vectors the voters compare.
 
-An allow-list maps the kind a config names to a module and a class; configs never
-name arbitrary code. Each module has an ``Options`` pydantic model (unknown fields
-refused) and imports its model libraries (torch, transformers) only when an
-embedder is built, so :func:`validate_embedder_options` is cheap enough for the
-driver to run before any model is loaded or any private byte read.
+The kind a config names is looked up among the installed ``privevo.embedders`` entry
+points (:mod:`actors.plugins`; the built-ins are declared the same way); configs never
+name code. Each class has an ``Options`` pydantic model (unknown fields refused) and a
+``modality``, and its module imports its model libraries (torch, transformers) only
+when an embedder is built, so :func:`validate_embedder_options` is cheap enough for
+the driver to run before any model is loaded or any private byte read.
 
 Kinds:
 
@@ -20,33 +21,20 @@ Every embedder has ``embed(samples) -> float32 (n, dim)``, ``dim`` and ``name``.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from actors.embedders.pixels import Embedder, PixelEmbedder
 
-# kind -> (module, class, modality). Each class takes (max_value, options, device).
-_REGISTRY: dict[str, tuple[str, str, str]] = {
-    "pixels": ("actors.embedders.pixels", "PixelEmbedder", "image"),
-    "inception": ("actors.embedders.inception", "InceptionEmbedder", "image"),
-    "clip": ("actors.embedders.clip", "CLIPEmbedder", "image"),
-    "sentence_transformer": ("actors.embedders.text", "SentenceTransformerEmbedder", "text"),
-}
+def embedder_class(kind: str) -> type:
+    """The embedder class of ``kind``, among the installed ``privevo.embedders`` plugins."""
+    from actors import plugins
 
-# The allow-list of embedder kinds: kind -> (module, class).
-EMBEDDERS: dict[str, tuple[str, str]] = {kind: (mod, cls) for kind, (mod, cls, _) in _REGISTRY.items()}
-
-
-def _module(kind: str):
-    if kind not in _REGISTRY:
-        raise ValueError(f"unknown embedder {kind!r}; known: {', '.join(_REGISTRY)}")
-    return importlib.import_module(_REGISTRY[kind][0])
+    return plugins.load("embedder", kind)
 
 
 def embedder_modality(kind: str) -> str:
     """"image" or "text": the samples an embedder kind accepts."""
-    _module(kind)
-    return _REGISTRY[kind][2]
+    return embedder_class(kind).modality
 
 
 def validate_embedder_options(kind: str, options: dict[str, Any] | None):
@@ -55,8 +43,7 @@ def validate_embedder_options(kind: str, options: dict[str, Any] | None):
     A weights path that does not exist is refused here, with the path in the
     message, so a run stops before reading private data.
     """
-    module = _module(kind)
-    return module.Options.model_validate(options or {})
+    return embedder_class(kind).Options.model_validate(options or {})
 
 
 def make_embedder(
@@ -67,13 +54,12 @@ def make_embedder(
     ``max_value`` is the top of the images' value range (ignored for text).
     """
     validated = validate_embedder_options(kind, options)
-    cls = getattr(_module(kind), _REGISTRY[kind][1])
-    return cls(max_value=max_value, options=validated, device=device)
+    return embedder_class(kind)(max_value=max_value, options=validated, device=device)
 
 
 __all__ = [
-    "EMBEDDERS",
     "Embedder",
+    "embedder_class",
     "PixelEmbedder",
     "embedder_modality",
     "make_embedder",

@@ -72,6 +72,8 @@ def _size(value: Any, default: int) -> tuple[int, int] | int:
 class CLIPEmbedder:
     """Projected CLIP image embeddings of images in [0, max_value]."""
 
+    Options = Options
+
     modality = "image"
 
     def __init__(self, max_value: float, options: Options, device: str = "cpu") -> None:

@@ -247,6 +247,8 @@ def load_fid_inception(path: str | Path, device: str = "cpu"):
 class InceptionEmbedder:
     """FID Inception-v3 pool3 features (2048-d) of images in [0, max_value]."""
 
+    Options = Options
+
     modality = "image"
     dim = FEATURE_DIM
 

@@ -106,6 +106,8 @@ class PixelEmbedder:
     datasets. ``dim`` is set by the first batch (it is the number of pixel values).
     """
 
+    Options = Options
+
     name = "pixels"
     modality = "image"
 

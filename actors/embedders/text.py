@@ -51,6 +51,8 @@ def bundled_model_path() -> str:
 class SentenceTransformerEmbedder:
     """Sentence embeddings of a numpy array of strings."""
 
+    Options = Options
+
     modality = "text"
 
     def __init__(self, max_value: float | None = None, options: Options | None = None, device: str = "cpu") -> None:

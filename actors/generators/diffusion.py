@@ -158,6 +158,9 @@ def steps_for_degree(degree: np.ndarray, num_inference_steps: int) -> np.ndarray
 class DiffusionGenerator:
     """A diffusers model behind PE's ``random`` and ``variation`` (see the module docstring)."""
 
+    modality = "image"
+    Options = Options
+
     def __init__(self, options: Options | dict[str, Any], context: GeneratorContext | None) -> None:
         import torch
 

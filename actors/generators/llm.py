@@ -425,6 +425,9 @@ class _TransformersBackend:
 class LLMGenerator:
     """PE's ``random`` and ``variation`` for text, on vLLM or transformers (see the module doc)."""
 
+    modality = "text"
+    Options = Options
+
     def __init__(self, options: Options, context: GeneratorContext | None = None) -> None:
         if not isinstance(options, Options):
             options = Options.model_validate(options)

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+from pydantic import BaseModel, Field
 from scipy.special import ndtr, ndtri
 
 from actors.generators.base import SampleBatch
@@ -553,6 +554,15 @@ def _glyph_atlas(sources: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.n
     return fields, np.stack(points), np.asarray(lengths), lean
 
 
+class SimulatorOptions(BaseModel, extra="forbid"):
+    """``generator.options`` of the ``simulator`` kind."""
+
+    fonts: list[str] | None = None
+    image_size: int = Field(8, ge=1)
+    render_size: int = Field(32, ge=1)
+    max_value: float = Field(16.0, gt=0)
+
+
 class DigitSimulator:
     """Draws 8x8 optdigits-like images of digits from fonts, warps and pen strokes.
 
@@ -563,6 +573,14 @@ class DigitSimulator:
     file name), then the built-in hand styles ``hand-0`` .. ``hand-4``. ``fonts``
     may name font files, matplotlib font file names, or hand styles.
     """
+
+    modality = "image"
+    Options = SimulatorOptions
+
+    @classmethod
+    def from_options(cls, options: SimulatorOptions, context=None) -> DigitSimulator:
+        """The simulator a config's ``generator.options`` describe (the plugin contract)."""
+        return cls(**options.model_dump())
 
     def __init__(
         self,

@@ -1,7 +1,7 @@
 """A long-lived generator worker: one model, loaded once, serving many shards.
 
-The PE driver runs this class as a Ray actor. It builds its generator from an
-allow-listed kind (configs never name arbitrary classes), keeps it across
+The PE driver runs this class as a Ray actor. It builds its generator from a kind
+found among the installed plugins (configs never name classes: :mod:`actors.plugins`), keeps it across
 generations, and meters its calls (wall, CPU and, on a GPU, NVML busy seconds)
 by section: ``generate`` for ``random``/``variation``, ``lookahead`` for lookahead.
 """
@@ -16,31 +16,25 @@ from actors.generators.base import Generator, GeneratorContext, SampleBatch
 from actors.threads import limit_threads
 from pipelines.metering import ActorMeter
 
-# The allow-list of generator kinds: kind -> (module, class). Each class takes
-# (options, context) where options is validated by the module's ``Options`` model.
-GENERATORS: dict[str, tuple[str, str]] = {
-    "simulator": ("actors.generators.simulator", "DigitSimulator"),
-    "diffusion": ("actors.generators.diffusion", "DiffusionGenerator"),
-    "llm": ("actors.generators.llm", "LLMGenerator"),
-}
+def generator_class(kind: str) -> type:
+    """The generator class of ``kind``, among the installed ``privevo.generators`` plugins."""
+    from actors import plugins
+
+    return plugins.load("generator", kind)
 
 
-def _module(kind: str):
-    import importlib
-
-    if kind not in GENERATORS:
-        raise ValueError(f"unknown generator {kind!r}; known: {', '.join(GENERATORS)}")
-    return importlib.import_module(GENERATORS[kind][0])
+def generator_modality(kind: str) -> str:
+    """"image" or "text": the samples a generator kind makes."""
+    return generator_class(kind).modality
 
 
 def validate_generator_options(kind: str, options: dict[str, Any]):
     """The kind's typed options (pydantic); raises pydantic.ValidationError when bad.
 
-    Cheap: the generator modules import their model libraries lazily, so this runs
+    Cheap: generator modules import their model libraries lazily, so this runs
     in the driver before any model is loaded or any private data read.
     """
-    module = _module(kind)
-    options_model = getattr(module, "Options", None)
+    options_model = getattr(generator_class(kind), "Options", None)
     if options_model is None:
         return options
     return options_model.model_validate(options)
@@ -48,13 +42,10 @@ def validate_generator_options(kind: str, options: dict[str, Any]):
 
 def make_generator(kind: str, options: dict[str, Any], context: GeneratorContext | None = None) -> Generator:
     """The generator a config names."""
-    if kind == "simulator":
-        from actors.generators.simulator import DigitSimulator
-
-        return DigitSimulator(**options)
-    module = _module(kind)
-    cls = getattr(module, GENERATORS[kind][1])
-    return cls(validate_generator_options(kind, options), context)
+    cls = generator_class(kind)
+    validated = validate_generator_options(kind, options)
+    build = getattr(cls, "from_options", None)
+    return build(validated, context) if build is not None else cls(validated, context)
 
 
 def gather_rows(rows: np.ndarray, starts: np.ndarray, sources: tuple[SampleBatch, ...]) -> SampleBatch:

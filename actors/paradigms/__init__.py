@@ -12,7 +12,7 @@ together (batched over runs, membership as a per-run mask):
   samples.
 
 ``PARADIGMS[name].train(x, y, weights, x_test, y_test, spec, seeds, options, n_classes,
-public=None)`` returns an ``actors.trainer.BatchedModel`` of the R final classifiers;
+public=None)`` returns an ``actors.training.batched.BatchedModel`` of the R final classifiers;
 ``PARADIGMS[name].Options`` is the pydantic model of its settings.
 """
 

@@ -3,7 +3,7 @@ batched forward passes.
 
 A paradigm turns the private set of each of R audit runs into a classifier. All R runs are
 computed together: per-run state is stacked along a leading axis (or the runs share one set of
-rows with a per-run 0/1 mask, as ``actors.trainer.train_batched`` does), and every random draw
+rows with a per-run 0/1 mask, as ``actors.training.train.train_batched`` does), and every random draw
 of run r comes from a ``torch.Generator`` derived from ``seeds[r]`` and the purpose of the draw,
 so a run's result depends on its own seed and its own private set only, never on the other runs
 of the batch. A sample a run excludes (weight 0) never reaches that run's result: it is not
@@ -24,15 +24,10 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torch.func import functional_call, vmap
 
-from actors.trainer import (
-    BatchedModel,
-    TrainSpec,
-    _derived_generator,
-    _image_shape,
-    _template,
-    _torch_threads,
-    train_batched,
-)
+from actors.training.batched import BatchedModel
+from actors.training.models import TrainSpec, build_template, example_shape
+from actors.training.seeding import derived_generator
+from actors.training.train import train_batched
 
 __all__ = [
     "Paradigm",
@@ -219,7 +214,7 @@ def sub_seeds(seeds: Sequence[int], purpose: int) -> list[int]:
 def run_generators(seeds: Sequence[int], purpose: int) -> list[torch.Generator]:
     """One generator per run for one purpose (purposes here start at 100, clear of the
     trainer's)."""
-    return [_derived_generator(int(s), 100 + purpose) for s in seeds]
+    return [derived_generator(int(s), 100 + purpose) for s in seeds]
 
 
 def random_seed(g: torch.Generator) -> int:
@@ -233,13 +228,13 @@ def random_seed(g: torch.Generator) -> int:
 
 def sample_shape(x: np.ndarray | torch.Tensor) -> tuple[int, ...]:
     """(C, H, W) for images (and (d,) for flat non-image rows), as the trainer sees them."""
-    return _image_shape(x, TrainSpec())
+    return example_shape(x, TrainSpec())
 
 
 def feature_template(spec: TrainSpec, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     """The classifier of ``spec`` without its output layer: its forward gives the penultimate
     features (the last hidden ReLU layer; the flattened input or conv maps when there is none)."""
-    template = _template(spec, input_shape, n_classes)
+    template = build_template(spec, input_shape, n_classes)
     if spec.arch == "mlp":
         template.out = nn.Identity()
     else:
@@ -294,5 +289,3 @@ def class_members(y: np.ndarray, weights: np.ndarray, n_classes: int) -> list[tu
 def with_epochs(spec: TrainSpec, epochs: int | None) -> TrainSpec:
     return spec if epochs is None else replace(spec, epochs=int(epochs))
 
-
-threads_ctx = _torch_threads

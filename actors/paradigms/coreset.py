@@ -36,7 +36,9 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from actors.trainer import TrainSpec, train_batched
+from actors.threads import torch_threads
+from actors.training.models import TrainSpec, build_template
+from actors.training.train import train_batched
 
 from .base import (
     Paradigm,
@@ -51,7 +53,6 @@ from .base import (
     run_generators,
     sample_shape,
     sub_seeds,
-    threads_ctx,
     with_epochs,
 )
 
@@ -101,7 +102,7 @@ def select(
     """The coreset of every run as a (R, n) float32 0/1 mask, a subset of ``weights``."""
     x, y, weights = check_inputs(x, y, weights, seeds, n_classes)
     members = class_members(y, weights, n_classes)
-    with threads_ctx(threads):
+    with torch_threads(threads):
         if options.method == "herding":
             feats = _features(x, y, weights, spec, seeds, options, n_classes, threads)
             chosen = [_herd(feats[:, idx] if feats.dim() == 3 else feats[idx][None], inc, options.fraction)
@@ -174,12 +175,10 @@ def _features(x, y, weights, spec, seeds, options, n_classes, threads) -> torch.
 def _forgetting_scores(x, y, weights, spec, seeds, options, n_classes, threads) -> torch.Tensor:
     """Per run and sample: forgetting events * (epochs + 2) + epochs misclassified, with samples
     never learned scored above any learned one. (R, n) float64."""
-    from actors.trainer import _template
-
     shape = sample_shape(x) if spec.image_shape is None else spec.image_shape
     xt = torch.from_numpy(x).reshape(len(x), *shape)
     yt = torch.from_numpy(y)
-    template = _template(spec, shape, n_classes)
+    template = build_template(spec, shape, n_classes)
     r, n = weights.shape
     prev = torch.zeros((r, n), dtype=torch.bool)
     learned = torch.zeros((r, n), dtype=torch.bool)

@@ -44,7 +44,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from actors.trainer import BatchedModel, TrainSpec, _template, train_batched
+from actors.threads import torch_threads
+from actors.training.batched import BatchedModel
+from actors.training.models import TrainSpec, build_template
+from actors.training.train import train_batched
 
 from .base import (
     Paradigm,
@@ -57,7 +60,6 @@ from .base import (
     run_generators,
     stack_runs,
     sub_seeds,
-    threads_ctx,
     with_epochs,
 )
 
@@ -144,10 +146,10 @@ def mix(
     """Append ``copies`` mixtures of each run's synthesized inputs (R, M, ...) with the teacher's
     class probabilities on them: returns (R, M * (1 + copies), ...) and (R, M * (1 + copies), C)."""
     r, m = inputs.shape[:2]
-    template = _template(teacher.spec, teacher.input_shape, teacher.n_classes)
+    template = build_template(teacher.spec, teacher.input_shape, teacher.n_classes)
     gens = run_generators(seeds, _MIX)
     xs, ps = [inputs], [probs]
-    with threads_ctx(threads):
+    with torch_threads(threads):
         for _ in range(copies):
             partner = torch.stack([torch.randperm(m, generator=g) for g in gens])
             lam = torch.stack([torch.rand(m, generator=g) for g in gens]).view(r, m, *([1] * (inputs.dim() - 2)))
@@ -175,7 +177,7 @@ def invert(
     shape = teacher.input_shape
     r = teacher.n_runs
     image = len(shape) == 3
-    template = _template(teacher.spec, shape, n_classes)
+    template = build_template(teacher.spec, shape, n_classes)
     features = feature_template(teacher.spec, shape, n_classes)
     params = {k: v.detach() for k, v in teacher.params.items()}
     fparams = feature_params(params)
@@ -184,7 +186,7 @@ def invert(
     u.requires_grad_(True)
     jitter_g = run_generators(seeds, _JITTER)
     opt = torch.optim.Adam([u], lr=options.lr)
-    with threads_ctx(threads):
+    with torch_threads(threads):
         for _ in range(options.steps):
             img = torch.sigmoid(u)
             seen = img

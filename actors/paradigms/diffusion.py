@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from actors.trainer import TrainSpec
+from actors.threads import torch_threads
+from actors.training.models import TrainSpec
 
 from .base import (
     Paradigm,
@@ -44,7 +45,6 @@ from .base import (
     check_inputs,
     run_generators,
     stack_runs,
-    threads_ctx,
 )
 
 _INIT, _BATCH, _SAMPLE = 31, 32, 33  # generator purposes
@@ -157,7 +157,7 @@ def generate(
     opt = torch.optim.Adam(params, lr=options.lr)
     batch_g = run_generators(seeds, _BATCH)
     b, chunk = options.batch_size, 50
-    with threads_ctx(threads):
+    with torch_threads(threads):
         for start in range(0, options.steps, chunk):
             k = min(chunk, options.steps - start)
             # draws for k steps at once, per run from its own generator and private set only

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from actors.trainer import TrainSpec, _init_params
+from actors.threads import torch_threads
+from actors.training.models import TrainSpec, init_params
 
 from .base import (
     Paradigm,
@@ -53,7 +54,6 @@ from .base import (
     run_generators,
     sample_shape,
     stack_runs,
-    threads_ctx,
 )
 
 _INIT_DRAW, _NETS, _REAL_BATCH = 11, 12, 13  # generator purposes
@@ -172,9 +172,9 @@ def distill(
     real_g = run_generators(seeds, _REAL_BATCH)
     syn = syn.reshape(r, n_classes * ipc, *shape).requires_grad_(True)
     opt = torch.optim.SGD([syn], lr=options.lr, momentum=options.momentum)
-    with threads_ctx(threads):
+    with torch_threads(threads):
         for _ in range(options.iterations):
-            per_run = [_init_params(template, random_seed(g)) for g in net_g]
+            per_run = [init_params(template, random_seed(g)) for g in net_g]
             params = {k: torch.stack([p[k] for p in per_run]) for k in per_run[0]}
             target = _real_means(template, params, xt, members, real_g, options.batch_real)  # (R, C, D)
             emb = forward_runs(template, params, syn, shared=False)  # (R, C * ipc, D)

@@ -1,0 +1,143 @@
+"""One chunk of an audit: some runs of one paradigm trained as one batched model, every canary
+scored, the result written as ``runs/<paradigm>/chunk-<first>-<last>.npz`` (a Ray task).
+
+Everything is derived from the config (data, canaries, membership, seeds), so a retried or
+resumed chunk computes the same thing. How the runs are trained is the paradigm's business
+(``paradigms``): this module hands it a ``Chunk`` and gets back a ``Trained``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from pipelines.audit.config import AuditConfig, ParadigmConfig
+from pipelines.audit.data import AuditData, paradigm_membership, prepare_data, run_seed
+from pipelines.files import atomic_open
+
+__all__ = ["Chunk", "ChunkTrainer", "Trained", "synthetic_level", "train_chunk", "train_spec", "write_npz_atomic"]
+
+
+@dataclass
+class Chunk:
+    """What a paradigm gets to train runs ``runs`` of paradigm ``index`` (all private: in memory)."""
+
+    config: AuditConfig
+    index: int
+    runs: list[int]
+    out: Path  # the audit directory
+    data: AuditData
+    membership: np.ndarray  # (len(runs), n_canaries) bool
+    weights: np.ndarray  # (len(runs), n) 0/1: the rows each run trains on
+    seeds: list[int]  # each run's seed (initialisation, batches, DP-SGD noise)
+    spec: Any  # actors.training.models.TrainSpec
+    options: Any = None  # the paradigm's validated options, where it has any
+
+    @property
+    def paradigm(self) -> ParadigmConfig:
+        return self.config.paradigms[self.index]
+
+
+@dataclass
+class Trained:
+    """A paradigm's result for a chunk: the runs' classifiers (an ``actors.training`` batched
+    model), the accounted epsilon of one record (NaN or None: no accounting), and extra per-run
+    arrays for the chunk file (mechanism- and synthetic-data-level scores, group epsilon)."""
+
+    model: Any
+    accounted: float | None = np.nan
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class ChunkTrainer(Protocol):
+    """The part of a paradigm (``paradigms.AuditParadigm``) a chunk task calls."""
+
+    def train(self, chunk: Chunk) -> Trained: ...
+
+
+def train_spec(config: AuditConfig, paradigm: ParadigmConfig) -> Any:
+    """The ``TrainSpec`` of a paradigm's final classifier: ``training`` with the paradigm's
+    overrides (epochs, batch size, learning rate, momentum)."""
+    from actors.training.models import TrainSpec
+
+    t = config.training
+
+    def pick(name: str):
+        value = getattr(paradigm, name)
+        return getattr(t, name) if value is None else value
+
+    return TrainSpec(
+        hidden=tuple(t.hidden), epochs=pick("epochs"), batch_size=pick("batch_size"), lr=pick("lr"),
+        momentum=pick("momentum"), weight_decay=t.weight_decay, optimizer=t.optimizer, augment=t.augment,
+    )
+
+
+def train_chunk(config_json: dict[str, Any], index: int, runs: list[int], out_dir: str,
+                trainer: ChunkTrainer, options: Any = None) -> str:
+    """Train runs ``runs`` of paradigm ``index`` with ``trainer`` (the paradigm's registry entry,
+    resolved by the driver) as one batched model, score every canary and write
+    ``runs/<paradigm>/chunk-<first>-<last>.npz`` atomically. Returns its path."""
+    from pipelines.audit.lira import logit_confidence
+
+    t0 = time.perf_counter()
+    config = AuditConfig.model_validate(config_json)
+    paradigm = config.paradigms[index]
+    data = prepare_data(config)
+    membership = paradigm_membership(config, index, runs)
+    seeds = [run_seed(config.seed, index, r) for r in runs]
+    chunk = Chunk(config, index, runs, Path(out_dir), data, membership, data.weights(membership), seeds,
+                  train_spec(config, paradigm), options)
+    trained = trainer.train(chunk)
+    model = trained.model
+    # Queries: the augmentations the runs were trained with (only the image itself without).
+    logits = model.logits_augmented(data.canary_x)  # (R, Q, C, classes)
+    scores = logit_confidence(logits, data.canary_y[None, None, :]).mean(axis=1)  # (R, C)
+    accuracy = model.accuracy(data.x_test, data.y_test)
+    folder = chunk.out / "runs" / paradigm.key
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"chunk-{runs[0]:04d}-{runs[-1]:04d}.npz"
+    meta = {"paradigm": paradigm.key, "kind": paradigm.kind, "index": index, "runs": runs,
+            "seeds": seeds, "seconds": time.perf_counter() - t0, "info": _jsonable(model.info)}
+    accounted = trained.accounted
+    write_npz_atomic(path, runs=np.asarray(runs), seeds=np.asarray(seeds, dtype=np.uint64), membership=membership,
+                     scores=scores, accuracy=np.asarray(accuracy, dtype=np.float64),
+                     epsilon=np.float64(np.nan if accounted is None else accounted),
+                     meta=np.asarray(json.dumps(meta)), **trained.extra)
+    return str(path)
+
+
+def write_npz_atomic(path: Path, **arrays: Any) -> None:
+    """``np.savez`` to ``path`` through a temporary file: a reader sees all of it or nothing."""
+    with atomic_open(path) as fh:
+        np.savez(fh, **arrays)
+
+
+def _jsonable(info: dict) -> dict:
+    out = {}
+    for k, v in info.items():
+        if isinstance(v, (str, int, float, bool, type(None))) or (
+            isinstance(v, list) and all(isinstance(e, (int, float)) for e in v)
+        ):
+            out[k] = v
+    return out
+
+
+def synthetic_level(data: AuditData, x_syn: np.ndarray, y_syn: np.ndarray, owner: np.ndarray,
+                    n_runs: int) -> dict[str, np.ndarray]:
+    """Synthetic-data-level scores of every canary in each run's synthetic set (rows of run j:
+    ``owner == j``): distance to the nearest synthetic sample and a density ratio, (R, C) each."""
+    from pipelines.audit.levels import synthetic_scores
+
+    dist = np.zeros((n_runs, data.n_canaries))
+    dens = np.zeros((n_runs, data.n_canaries))
+    for j in range(n_runs):
+        rows = np.asarray(owner) == j
+        s = synthetic_scores(data.canary_x, data.canary_y, np.asarray(x_syn)[rows], np.asarray(y_syn)[rows],
+                             data.x_test, data.y_test)
+        dist[j], dens[j] = s["distance"], s["density_ratio"]
+    return {"synthetic_distance": dist, "synthetic_density_ratio": dens}

@@ -1,0 +1,120 @@
+"""The audit's config: what is audited (paradigms, canaries, training) and how it is spread.
+
+Pydantic models only; loading a file and checking what the paradigms need beyond their own
+fields (their options, PE's synthesize config) is ``job.load_audit_config``'s and
+``paradigms.check_paradigms``'s.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "EXTERNAL_KINDS",
+    "AuditConfig",
+    "CanaryConfig",
+    "ParadigmConfig",
+    "ResourcesConfig",
+    "TrainingConfig",
+]
+
+#: Paradigms provided by ``actors.paradigms`` (``PARADIGMS[kind].train``), when installed.
+EXTERNAL_KINDS = ("coreset", "distill", "dfkd", "diffusion")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CanaryConfig(_Strict):
+    count: int = Field(100, ge=2, description="canaries drawn from the private set")
+    kind: Literal["mislabeled", "ood", "duplicated"] = "mislabeled"
+    pattern: Literal["invert", "noise"] = Field("invert", description="ood: the out-of-distribution image")
+    repeat: int | None = Field(None, ge=1, description="copies of a canary when in (duplicated: default 4)")
+
+    @model_validator(mode="after")
+    def _repeat(self) -> CanaryConfig:
+        if self.repeat is None:
+            self.repeat = 4 if self.kind == "duplicated" else 1
+        if self.kind == "duplicated" and self.repeat < 2:
+            raise ValueError(f"repeat: duplicated canaries need repeat >= 2, got {self.repeat}")
+        return self
+
+
+class TrainingConfig(_Strict):
+    """The classifier every run trains (defaults: an MLP that memorises, as a real model would)."""
+
+    hidden: list[int] = Field(default_factory=lambda: [128])
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    augment: bool = False
+
+
+class ResourcesConfig(_Strict):
+    """How the runs are spread: these may change when an audit is resumed (results do not)."""
+
+    chunk_runs: int = Field(16, ge=1, description="runs trained together as one batched model per Ray task")
+    cpus_per_task: float = Field(1.0, gt=0)
+    gpus_per_task: float = Field(0.0, ge=0)
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance (default: all)")
+
+
+class ParadigmConfig(_Strict):
+    name: str | None = Field(None, description="report key; default: the kind (plus the epsilon if several)")
+    kind: Literal["none", "dpsgd", "pe", "coreset", "distill", "dfkd", "diffusion"]
+    epsilon: float | None = Field(None, gt=0, description="dpsgd/pe: target epsilon")
+    synthesize: str = Field("configs/digits.yaml", description="pe: the synthesize config each run uses")
+    set: list[str] = Field(default_factory=list, description="pe: overrides of the synthesize config")
+    options: dict[str, Any] = Field(default_factory=dict, description="coreset/distill/dfkd/diffusion options")
+    one_run: bool = Field(False, description="one run, each canary in with probability 1/2 (one-run audit)")
+    one_run_guesses: float = Field(0.1, gt=0, le=0.5, description="one-run: fraction of canaries guessed in, "
+                                                                     "and the same fraction guessed out")
+    max_grad_norm: float = Field(1.0, gt=0)
+    epochs: int | None = Field(None, ge=1, description="overrides training.epochs")
+    batch_size: int | None = Field(None, ge=1, description="overrides training.batch_size")
+    lr: float | None = Field(None, gt=0, description="overrides training.lr")
+    momentum: float | None = Field(None, ge=0, lt=1, description="overrides training.momentum")
+
+    @model_validator(mode="after")
+    def _dp_needs_epsilon(self) -> ParadigmConfig:
+        if self.kind in ("dpsgd", "pe") and self.epsilon is None:
+            raise ValueError(f"epsilon: required for kind {self.kind!r}")
+        if self.options and self.kind not in EXTERNAL_KINDS:
+            raise ValueError(f"options: only the kinds {', '.join(EXTERNAL_KINDS)} take options")
+        return self
+
+    @property
+    def key(self) -> str:
+        return self.name or self.kind
+
+
+class AuditConfig(_Strict):
+    name: str = "audit"
+    seed: int = Field(0, ge=0)
+    runs: int = Field(64, ge=4, description="runs per paradigm (even: each canary in exactly half)")
+    delta: float = Field(1e-5, gt=0, lt=1)
+    data: dict[str, Any] = Field(default_factory=lambda: {"kind": "digits"})
+    canaries: CanaryConfig = CanaryConfig()
+    training: TrainingConfig = TrainingConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    paradigms: list[ParadigmConfig]
+
+    @model_validator(mode="after")
+    def _checks(self) -> AuditConfig:
+        if self.runs % 2:
+            raise ValueError(f"runs: must be even so each canary is in exactly half the runs, got {self.runs}")
+        names = [p.key for p in self.paradigms]
+        if len(set(names)) != len(names):
+            raise ValueError("paradigms: give each paradigm a distinct name (e.g. dpsgd-eps1, dpsgd-eps4)")
+        bad = [n for n in names if not n.replace("-", "").replace("_", "").replace(".", "").isalnum()]
+        if bad:
+            raise ValueError(f"paradigms: names become folder names: use letters, digits, '-', '_', '.' ({bad[0]!r})")
+        if self.data.get("kind", "digits") != "digits":
+            raise ValueError("data.kind: the audit supports the bundled digits set for now")
+        return self

@@ -1,0 +1,83 @@
+"""The audit's plots: ROC curves, the privacy-utility plane, and the most vulnerable canaries.
+
+Each reads the report rows ``reduce`` builds (their private ``_roc`` and ``_vulnerable`` keys)
+and writes one PNG (matplotlib, Agg backend).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["plot_roc", "plot_tradeoff", "plot_vulnerable"]
+
+
+def plot_vulnerable(paradigms: dict[str, Any], canary_x: np.ndarray, canary_y: np.ndarray, true_y: np.ndarray,
+                    path: Path) -> None:
+    """The most vulnerable canaries of each paradigm as images (``canary_x``), with their true and
+    canary labels. Private: the images are private samples."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(n, p["_vulnerable"]) for n, p in paradigms.items() if p.get("_vulnerable")]
+    if not rows:
+        return
+    cols = max(len(v) for _, v in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.2 * cols, 1.5 * len(rows)), squeeze=False)
+    for i, (name, items) in enumerate(rows):
+        for j in range(cols):
+            ax = axes[i][j]
+            ax.axis("off")
+            if j < len(items):
+                c = items[j]["canary"]
+                ax.imshow(canary_x[c], cmap="gray_r", vmin=0, vmax=1)
+                ax.set_title(f"{true_y[c]}->{canary_y[c]}\n{items[j]['gap']:.1f}", fontsize=7)
+        axes[i][0].text(-0.5, 0.5, name, transform=axes[i][0].transAxes, ha="right", va="center", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_roc(paradigms: dict[str, Any], path: Path) -> None:
+    """Each paradigm's (and level's) ROC curve of its headline attack, on log-log axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    for name, result in paradigms.items():
+        fpr, tpr = result["_roc"]
+        ax.plot(np.maximum(fpr, 1e-5), np.maximum(tpr, 1e-5), label=f"{name} (AUC {result['auc']:.2f})")
+    ax.plot([1e-5, 1], [1e-5, 1], color="gray", ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_tradeoff(paradigms: dict[str, Any], path: Path) -> None:
+    """Each paradigm on the plane of test accuracy against TPR at 0.1% FPR."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    for name, p in paradigms.items():
+        ax.scatter(p["tpr_at_0.1pct_fpr"], p["accuracy"], s=30)
+        ax.annotate(name, (p["tpr_at_0.1pct_fpr"], p["accuracy"]), fontsize=7, xytext=(4, 2),
+                    textcoords="offset points")
+    ax.set_xlabel("TPR at 0.1% FPR (privacy leakage)")
+    ax.set_ylabel("test accuracy (utility)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

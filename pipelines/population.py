@@ -1,0 +1,80 @@
+"""PE's own data: a population of synthetic samples with their lineage, and chosen parents.
+
+numpy only (plus the sample container): no engine, no Ray. An engine may remember where
+it left a population (its workers' outputs), but the population itself is plain data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from actors.generators.base import SampleBatch
+from pipelines.data import read_synthetic, synthetic_table
+
+ID_STRIDE = 1 << 32  # ids are generation * ID_STRIDE + row
+
+
+@dataclass
+class Population:
+    """A generation's synthetic samples S_t, class-major, with their lineage."""
+
+    ids: np.ndarray
+    parent_ids: np.ndarray
+    generation: np.ndarray
+    batch: SampleBatch
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def class_rows(self, label: int) -> np.ndarray:
+        return np.flatnonzero(self.batch.labels == label)
+
+    def table(self, max_value: float, png: bool = True, class_names: list[str] | None = None):
+        return synthetic_table(
+            self.ids, self.batch.labels, self.generation, self.parent_ids,
+            self.batch.samples, self.batch.params, max_value, png=png, class_names=class_names,
+        )
+
+    @staticmethod
+    def from_parquet(path: Path) -> Population:
+        samples, labels, params, table = read_synthetic(path)
+        return Population(
+            ids=table.column("id").to_numpy(),
+            parent_ids=table.column("parent_id").to_numpy(),
+            generation=table.column("generation").to_numpy(),
+            batch=SampleBatch(labels=labels, samples=samples, params=params),
+        )
+
+
+@dataclass(frozen=True)
+class Parents:
+    """The parents chosen from ``of`` (rows ``rows``, class-major), ``per_class`` of each class."""
+
+    of: Population
+    rows: np.ndarray
+    per_class: int
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.of.ids[self.rows]
+
+    @property
+    def batch(self) -> SampleBatch:
+        return self.of.batch.take(self.rows)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.of.batch.labels[self.rows]
+
+    def class_positions(self, label: int) -> np.ndarray:
+        """Positions (into ``rows``) of the parents of class ``label``."""
+        return np.flatnonzero(self.labels == label)
+
+    def copies(self, generation: int) -> Population:
+        """The parents themselves as generation ``generation`` (a variation of degree 0)."""
+        n = len(self.rows)
+        return Population(ids=generation * ID_STRIDE + np.arange(n, dtype=np.int64), parent_ids=self.ids,
+                          generation=np.full(n, generation, dtype=np.int64), batch=self.batch)
