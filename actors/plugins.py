@@ -1,4 +1,4 @@
-"""Plugins: generators and embedders found through Python entry points.
+"""Plugins: generators, embedders and audit paradigms found through Python entry points.
 
 A config names a kind only (``generator.kind: simulator``): configs are data, never code.
 The kind is looked up among the installed distributions' entry points of the group
@@ -17,7 +17,9 @@ The contract of each group's classes:
   (see :mod:`actors.generators.base`);
 - an embedder: ``modality``, a pydantic ``Options`` model, built as
   ``cls(max_value=..., options=..., device=...)``, with ``embed(samples)``, ``dim`` and
-  ``name`` (see :mod:`actors.embedders.pixels`).
+  ``name`` (see :mod:`actors.embedders.pixels`);
+- an audit paradigm: a :class:`actors.paradigms.base.Paradigm` subclass (``name``,
+  ``Options``, ``train``), built with no arguments.
 
 Loading an entry point imports its module only: model libraries load when a model is built.
 """
@@ -28,7 +30,7 @@ import functools
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-GROUPS = {"generator": "privevo.generators", "embedder": "privevo.embedders"}
+GROUPS = {"generator": "privevo.generators", "embedder": "privevo.embedders", "paradigm": "privevo.paradigms"}
 
 
 @functools.cache
@@ -37,7 +39,7 @@ def _installed(group: str) -> dict[str, EntryPoint]:
 
 
 def kinds(what: str) -> list[str]:
-    """The installed kinds of ``what`` ("generator" or "embedder"), sorted."""
+    """The installed kinds of ``what`` ("generator", "embedder" or "paradigm"), sorted."""
     return sorted(_installed(GROUPS[what]))
 
 

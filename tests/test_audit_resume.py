@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import BaseModel, ConfigDict
 
+from actors import plugins
 from pipelines.audit import data as audit_data
-from pipelines.audit import paradigms as audit_paradigms
 from pipelines.audit.config import AuditConfig
 from pipelines.audit.job import load_audit_config, run_audit, summary_table
 from pipelines.config import ConfigError
@@ -150,7 +150,9 @@ def fake_registry(monkeypatch):
     import ray
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests
-    monkeypatch.setattr(audit_paradigms, "paradigm_registry", lambda: {"coreset": CopyingParadigm(), "distill": BlindParadigm()})
+    fakes = {"coreset": CopyingParadigm, "distill": BlindParadigm}
+    real = plugins.load
+    monkeypatch.setattr(plugins, "load", lambda what, kind: fakes[kind] if what == "paradigm" else real(what, kind))
     yield
     ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
@@ -204,11 +206,17 @@ def test_external_paradigm_options_are_checked_before_data(tmp_path, fake_regist
     with pytest.raises(ConfigError, match=r"paradigms\.1\.options\.bogus"):
         run_audit(config, tmp_path / "x")
     assert not (tmp_path / "x").exists()  # nothing half written
-    monkeypatch.setattr(audit_paradigms, "paradigm_registry", lambda: None)
-    with pytest.raises(ConfigError, match=r"paradigms\.1\.kind: 'coreset' needs the paradigm package"):
+    def not_installed(what, kind):
+        raise ValueError(f"unknown {what} {kind!r}; installed: none")
+
+    monkeypatch.setattr(plugins, "load", not_installed)
+    with pytest.raises(ConfigError, match=r"paradigms\.1\.kind: unknown paradigm 'coreset'"):
         load_audit_config(path)
     path.write_text("runs: 4\nparadigms:\n  - {kind: none, options: {a: 1}}\n")
-    with pytest.raises(ConfigError, match=r"paradigms\.0\.options: only the kinds"):
+    with pytest.raises(ConfigError, match=r"paradigms\.0\.options: the kinds none, dpsgd, pe take none"):
+        load_audit_config(path)
+    path.write_text("runs: 4\nparadigms:\n  - {kind: nosuch}\n")
+    with pytest.raises(ConfigError, match=r"paradigms\.0\.kind: unknown paradigm 'nosuch'"):
         load_audit_config(path)
 
 

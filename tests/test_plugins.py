@@ -84,6 +84,7 @@ def installed_plugin(tmp_path_factory):
 def test_the_built_in_kinds_are_plugins_too():
     assert {"simulator", "diffusion", "llm"} <= set(plugins.kinds("generator"))
     assert {"pixels", "inception", "clip", "sentence_transformer"} <= set(plugins.kinds("embedder"))
+    assert {"coreset", "distill", "dfkd", "diffusion"} <= set(plugins.kinds("paradigm"))
 
 
 def test_an_unknown_kind_is_refused_naming_the_field_and_the_installed_kinds(tmp_path):

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
-    "EXTERNAL_KINDS",
+    "AUDIT_KINDS",
     "AuditConfig",
     "CanaryConfig",
     "ParadigmConfig",
@@ -20,8 +20,9 @@ __all__ = [
     "TrainingConfig",
 ]
 
-#: Paradigms provided by ``actors.paradigms`` (``PARADIGMS[kind].train``), when installed.
-EXTERNAL_KINDS = ("coreset", "distill", "dfkd", "diffusion")
+#: The paradigms the audit provides itself; every other kind is an installed ``privevo.paradigms``
+#: plugin (the built-in coreset, distill, dfkd and diffusion are declared that way too).
+AUDIT_KINDS = ("none", "dpsgd", "pe")
 
 
 class _Strict(BaseModel):
@@ -67,7 +68,8 @@ class ResourcesConfig(_Strict):
 
 class ParadigmConfig(_Strict):
     name: str | None = Field(None, description="report key; default: the kind (plus the epsilon if several)")
-    kind: Literal["none", "dpsgd", "pe", "coreset", "distill", "dfkd", "diffusion"]
+    kind: str = Field(min_length=1, description="none, dpsgd, pe, or an installed paradigm plugin "
+                      "(built in: coreset, distill, dfkd, diffusion)")
     epsilon: float | None = Field(None, gt=0, description="dpsgd/pe: target epsilon")
     synthesize: str = Field("configs/digits.yaml", description="pe: the synthesize config each run uses")
     set: list[str] = Field(default_factory=list, description="pe: overrides of the synthesize config")
@@ -85,8 +87,14 @@ class ParadigmConfig(_Strict):
     def _dp_needs_epsilon(self) -> ParadigmConfig:
         if self.kind in ("dpsgd", "pe") and self.epsilon is None:
             raise ValueError(f"epsilon: required for kind {self.kind!r}")
-        if self.options and self.kind not in EXTERNAL_KINDS:
-            raise ValueError(f"options: only the kinds {', '.join(EXTERNAL_KINDS)} take options")
+        from actors import plugins
+
+        if self.kind not in AUDIT_KINDS and self.kind not in plugins.kinds("paradigm"):
+            raise ValueError(f"kind: unknown paradigm {self.kind!r}; known: {', '.join(AUDIT_KINDS)}, "
+                             f"{', '.join(plugins.kinds('paradigm'))} (plugins add kinds through the "
+                             f"{plugins.GROUPS['paradigm']!r} entry points)")
+        if self.options and self.kind in AUDIT_KINDS:
+            raise ValueError(f"options: the kinds {', '.join(AUDIT_KINDS)} take none (plugin paradigms do)")
         return self
 
     @property

@@ -33,7 +33,6 @@ __all__ = [
     "PlainTraining",
     "audit_paradigm",
     "check_paradigms",
-    "paradigm_registry",
 ]
 
 
@@ -192,29 +191,17 @@ class ExternalParadigm(AuditParadigm):
 BUILT_IN: dict[str, AuditParadigm] = {p.kind: p for p in (PlainTraining(), DPSGDTraining(), PETraining())}
 
 
-def paradigm_registry() -> dict[str, Any] | None:
-    """``actors.paradigms.PARADIGMS`` where that package is installed, else None."""
-    import importlib.util
-
-    if importlib.util.find_spec("actors.paradigms") is None:
-        return None
-    from actors.paradigms import PARADIGMS
-
-    return PARADIGMS
-
-
 def audit_paradigm(kind: str, source: str = "config", index: int | None = None) -> AuditParadigm:
-    """The registry entry of ``kind``: a built-in, or the ``actors.paradigms`` plugin of that
-    name. A plugin that is not installed raises ConfigError naming ``paradigms.<index>.kind``."""
+    """The registry entry of ``kind``: a built-in, or the installed ``privevo.paradigms`` plugin of
+    that name. One that is not installed raises ConfigError naming ``paradigms.<index>.kind``."""
+    from actors import plugins
+
     if kind in BUILT_IN:
         return BUILT_IN[kind]
-    registry = paradigm_registry()
-    if registry is None or kind not in registry:
-        raise ConfigError(
-            source, f"paradigms.{index}.kind",
-            f"{kind!r} needs the paradigm package actors.paradigms, which does not provide it here",
-        )
-    return ExternalParadigm(kind, registry[kind])
+    try:
+        return ExternalParadigm(kind, plugins.load("paradigm", kind)())
+    except ValueError as exc:
+        raise ConfigError(source, f"paradigms.{index}.kind", str(exc)) from None
 
 
 def check_paradigms(config: AuditConfig, source: str) -> dict[str, Any]:
