@@ -102,9 +102,9 @@ def exact_knn(
     if queries.ndim != 2 or database.ndim != 2 or queries.shape[1] != database.shape[1]:
         raise ValueError(f"shape mismatch: queries {queries.shape}, database {database.shape}")
     if device != "cpu" and backend != "numpy":
-        if backend == "faiss" and _faiss_gpu_ready():
+        if backend == "faiss" and faiss_gpu_ready():
             return _faiss_gpu_knn(queries, database, k, query_chunk, device)
-        return _torch_device_knn(queries, database, k, query_chunk, db_chunk, device)
+        return torch_device_knn(queries, database, k, query_chunk, db_chunk, device)
     block = _BLOCKS[backend]
     out = np.empty((len(queries), k), dtype=np.int64)
     for q0 in range(0, len(queries), query_chunk):
@@ -130,7 +130,7 @@ def exact_knn(
 _GPU_RESOURCES: dict[int, object] = {}
 
 
-def _faiss_gpu_ready() -> bool:
+def faiss_gpu_ready() -> bool:
     """True where this FAISS build has GPU support and sees a GPU."""
     try:
         import faiss
@@ -158,7 +158,7 @@ def _faiss_gpu_knn(queries: np.ndarray, database: np.ndarray, k: int, query_chun
     return out
 
 
-def _torch_device_knn(
+def torch_device_knn(
     queries: np.ndarray, database: np.ndarray, k: int, query_chunk: int, db_chunk: int, device: str
 ) -> np.ndarray:
     """The chunked search with torch on ``device``; the running top-k stays on the device.

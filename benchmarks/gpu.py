@@ -73,13 +73,13 @@ class _Clock:
 
 class BusySampler:
     """Fraction of a block's wall time the GPU was busy: the run's own NVML metering
-    (:class:`pipelines.metering.UtilizationSampler`); None where NVML is not available."""
+    (:class:`pipelines.gpu_utilization.UtilizationSampler`); None where NVML is not available."""
 
     def __init__(self, device: str) -> None:
         self.sampler = None
         if device.startswith("cuda"):
             try:
-                from pipelines.metering import UtilizationSampler, nvml_reader
+                from pipelines.gpu_utilization import UtilizationSampler, nvml_reader
 
                 index = int(device.split(":", 1)[1]) if ":" in device else 0
                 visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # torch's index counts these entries
@@ -166,14 +166,14 @@ def vote_rate(device: str, n_private: int, n_synthetic: int, dim: int, k: int = 
     """Pairs/s and flop rate of privevo's exact kNN vote search on ``device``."""
     import torch
 
-    from actors.knn import _faiss_gpu_ready, exact_knn
+    from actors.knn import exact_knn, faiss_gpu_ready
 
     rng = np.random.default_rng(0)
     private = rng.standard_normal((n_private, dim), dtype=np.float32)
     synthetic = rng.standard_normal((n_synthetic, dim), dtype=np.float32)
     exact_knn(private[:256], synthetic, k, backend="faiss", device=device)  # warm-up (kernels, resources)
     out: dict[str, Any] = {"n_private": n_private, "n_synthetic": n_synthetic, "dim": dim, "k": k,
-                           "search": "faiss-gpu" if device.startswith("cuda") and _faiss_gpu_ready() else
+                           "search": "faiss-gpu" if device.startswith("cuda") and faiss_gpu_ready() else
                            ("torch-" + device if device.startswith("cuda") else "faiss-cpu")}
     clock = _Clock(device)
     with (busy.sample(out) if busy else contextlib.nullcontext()), clock.time(out):

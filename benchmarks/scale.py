@@ -11,7 +11,7 @@ shuffled parquet set would give), and voter shards (``actors.voter.VoterShard``,
 Ray actors of 1 CPU each, FAISS exact kNN on one thread) load their classes from
 it. Each generation the driver puts every class's synthetic vectors in the
 object store and asks the shards for their counts, one call per (shard, class),
-as ``Synthesis._vote`` does, then merges them (``merge_vote_counts``). The
+as ``pipelines.engines.ActorEngine.vote`` does, then merges them (``merge_vote_counts``). The
 embedder is the identity (``pixels`` with max_value 1), so the time is the vote.
 
 Reported per layout (1 shard; 2 shards splitting the classes; 2 shards splitting
@@ -57,10 +57,11 @@ PER_CLASS_OVERHEAD_S = 3e-4
 
 def write_vector_store(store: Path, classes: int, n_private: int, dim: int, seed: int, unit_rows: int = 65536) -> float:
     """A store of random unit vectors, ``n_private`` per class, written unit by unit; returns seconds."""
-    from pipelines.embed_store import _private_dir, write_store, write_unit
+    from pipelines.embed_store import write_store, write_unit
+    from pipelines.files import private_dir
 
     t0 = time.perf_counter()
-    _private_dir(store / "units")
+    private_dir(store / "units")
     rng = np.random.default_rng(seed)
     total = classes * n_private
     labels = np.repeat(np.arange(classes), n_private)

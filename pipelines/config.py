@@ -47,7 +47,7 @@ class PrivacyConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    """The private set, its declared public description, and its held-out real data (see pipelines/data.py).
+    """The private set, its declared public description, and its held-out real data (see pipelines/data/).
 
     What is public is declared here, never found in the data: the label set
     (``class_names``, required for every kind but the bundled ``digits``), the

@@ -225,7 +225,7 @@ def read_manifest(store: Path) -> dict[str, Any] | None:
         return None
 
 
-def _complete(store: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+def complete_manifest(store: Path, key: dict[str, Any]) -> dict[str, Any] | None:
     """The manifest if the store at ``store`` matches ``key`` and all its files are there."""
     manifest = read_manifest(store)
     if manifest is None or manifest.get("key") != key:
@@ -396,7 +396,7 @@ def build_store(
     files, units = plan_units(data, unit_size)
     key = store_key(data, embedder, embedder_options, max_value, files)
     private_dir(store)
-    manifest = _complete(store, key)
+    manifest = complete_manifest(store, key)
     if manifest is not None:
         return _summary(store, manifest, reused=True)
     clear_store(store)

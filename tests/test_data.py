@@ -18,7 +18,6 @@ import pytest
 from conftest import digits_image_folder
 from PIL import Image
 
-from pipelines import data as data_module
 from pipelines.config import ConfigError, parse_config
 from pipelines.data import (
     DataError,
@@ -291,9 +290,9 @@ def test_dataset_info_opens_no_sample(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a record was read")
 
-    monkeypatch.setattr(data_module.Image, "open", refuse)
-    monkeypatch.setattr(data_module.pq, "read_table", refuse)
-    monkeypatch.setattr(data_module.np, "load", refuse)
+    monkeypatch.setattr(Image, "open", refuse)
+    monkeypatch.setattr(pq, "read_table", refuse)
+    monkeypatch.setattr(np, "load", refuse)
     import pyarrow.csv
 
     monkeypatch.setattr(pyarrow.csv, "read_csv", refuse)

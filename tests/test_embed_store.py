@@ -18,7 +18,6 @@ from conftest import digits_image_folder, small_config
 from PIL import Image
 
 from actors.embedders import make_embedder
-from pipelines import data as data_module
 from pipelines.config import ConfigError, parse_config
 from pipelines.data import (
     DataError,
@@ -26,14 +25,15 @@ from pipelines.data import (
     dataset_info,
     load_heldout,
     load_private,
+    split_rows,
 )
 from pipelines.embed_store import (
     AUTO_MIN_SAMPLES,
     MANIFEST,
     UNITS,
-    _complete,
     build_store,
     check_setting,
+    complete_manifest,
     load_class,
     read_manifest,
     store_key,
@@ -126,7 +126,7 @@ def test_parquet_shards_labels_are_read_from_the_label_column_only(tmp_path, mon
         reads.append(columns)
         return real(path, *args, columns=columns, **kwargs)
 
-    monkeypatch.setattr(data_module.pq, "read_table", spy)
+    monkeypatch.setattr(pq, "read_table", spy)
     data = shards_config(root)
     dataset_info(data)
     assert reads == []  # the description reads footers only
@@ -213,16 +213,16 @@ def test_partial_or_stale_store_is_rebuilt(tmp_path, ray_session):
     manifest = read_manifest(store)
     files = sorted(p.name for p in (store / UNITS).iterdir())
     key = manifest["key"]
-    assert _complete(store, key) is not None
+    assert complete_manifest(store, key) is not None
 
     # a unit lost under an intact manifest, or a manifest of other settings: not complete
     first_unit = store / UNITS / files[0]
     saved = first_unit.read_bytes()
     first_unit.unlink()
-    assert _complete(store, key) is None
+    assert complete_manifest(store, key) is None
     first_unit.write_bytes(saved)
-    other = store_key(data, "pixels", {}, 16.0, data_module.split_rows(data, "private")[0].files)
-    assert other != key and _complete(store, other) is None
+    other = store_key(data, "pixels", {}, 16.0, split_rows(data, "private")[0].files)
+    assert other != key and complete_manifest(store, other) is None
 
     # a crash mid-pass: no manifest, a unit missing, a stray temporary file
     (store / MANIFEST).unlink()
@@ -297,7 +297,7 @@ def test_a_same_size_replacement_invalidates_the_store(tmp_path, ray_session):
     Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(victim)  # another record, same size and time
     os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert victim.stat().st_size == stat.st_size and victim.stat().st_mtime_ns == stat.st_mtime_ns
-    assert _complete(store, read_manifest(store)["key"]) is not None
+    assert complete_manifest(store, read_manifest(store)["key"]) is not None
     rebuilt = build_store(store, data, "pixels", {}, 255.0, concurrency=1, num_cpus=0.25, unit_size=5)
     assert rebuilt["reused"] is False
     expected = in_actor_embeddings(data, 255.0)

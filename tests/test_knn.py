@@ -37,13 +37,13 @@ def test_refuses_k_larger_than_database():
 @pytest.mark.parametrize("chunks", [(8192, 65536), (7, 11), (5, 2)])
 def test_device_search_matches_brute_force(chunks):
     """The GPU code path (torch on a device, running top-k kept there), run here on the CPU device."""
-    from actors.knn import _torch_device_knn
+    from actors.knn import torch_device_knn
 
     rng = np.random.default_rng(5)
     queries = rng.normal(size=(41, 12)).astype(np.float32)
     database = rng.normal(size=(67, 12)).astype(np.float32)
     for k in (1, 3, 6):
-        got = _torch_device_knn(queries, database, k, chunks[0], chunks[1], "cpu")
+        got = torch_device_knn(queries, database, k, chunks[0], chunks[1], "cpu")
         np.testing.assert_array_equal(got, brute_force(queries, database, k))
 
 

@@ -288,7 +288,7 @@ def test_record_release_never_replaces_a_release_file(tmp_path: Path, monkeypatc
     ledger = PrivacyLedger(tmp_path)
     record(ledger, 1)
     planted = tmp_path / "releases" / "gen_0002.npy"
-    real = ledger_module._create_atomic
+    real = ledger_module.create_bytes_atomic
 
     def racing_writer(path, data):
         # another writer files generation 2's histogram between the checks and the link
@@ -296,7 +296,7 @@ def test_record_release_never_replaces_a_release_file(tmp_path: Path, monkeypatc
             planted.write_bytes(b"someone else's release")
         real(path, data)
 
-    monkeypatch.setattr(ledger_module, "_create_atomic", racing_writer)
+    monkeypatch.setattr(ledger_module, "create_bytes_atomic", racing_writer)
     with pytest.raises(ValueError, match="repair"):
         record(ledger, 2)
     assert planted.read_bytes() == b"someone else's release"  # not replaced

@@ -7,6 +7,11 @@ import types
 import pytest
 from conftest import small_config
 
+from pipelines.gpu_utilization import (
+    UtilizationSampler,
+    integrate_utilization,
+    nvml_reader,
+)
 from pipelines.metering import (
     DRIVER_STAGES,
     ActorMeter,
@@ -14,10 +19,7 @@ from pipelines.metering import (
     GenerationMeter,
     MeteredRay,
     StageTiming,
-    UtilizationSampler,
-    integrate_utilization,
     meter_generation,
-    nvml_reader,
     run_cost,
 )
 

@@ -1,4 +1,5 @@
-"""The privacy core: discrete Gaussian release, secure noise, PLD accounting, the privacy ledger.
+"""The privacy core: discrete Gaussian release, secure noise, PLD accounting, the privacy ledger
+and its release records.
 
 This is the part a privacy reviewer must read. It imports numpy, scipy, dp_accounting and (only
 when secure noise is asked for) opendp; never ray or torch, and it uses no global RNG.
@@ -19,14 +20,7 @@ from .accounting import (
     noise_multiplier_closed_form,
     plan_releases,
 )
-from .ledger import (
-    LEDGER_FILE,
-    LOST_DIR,
-    RELEASES_DIR,
-    PrivacyLedger,
-    ReleaseRecord,
-    RepairResult,
-)
+from .ledger import LEDGER_FILE, LOST_DIR, RELEASES_DIR, PrivacyLedger, RepairResult
 from .mechanism import (
     MECHANISM,
     NEIGHBOURS,
@@ -40,6 +34,7 @@ from .mechanism import (
     secure_noise,
     seeded_noise,
 )
+from .records import ReleaseRecord
 
 __all__ = [
     "DEFAULT_EPS_ERROR",

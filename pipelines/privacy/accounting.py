@@ -63,6 +63,7 @@ __all__ = [
     "PrivacyPlan",
     "calibrate_noise_multiplier",
     "calibration_eps_error",
+    "clear_cache",
     "delta_closed_form",
     "epsilon_closed_form",
     "epsilon_spent",
@@ -216,6 +217,11 @@ def _epsilon(groups: tuple[tuple[float, int, int], ...], delta: float, eps_error
 def _upper_cached(groups: tuple[tuple[float, int, int], ...], delta: float,
                   eps_error: float) -> float:
     return _epsilon(groups, delta, eps_error, pessimistic=True)
+
+
+def clear_cache() -> None:
+    """Forget the memoised PLD upper bounds (so a benchmark or test times a cold calibration)."""
+    _upper_cached.cache_clear()
 
 
 def _groups(
