@@ -8,9 +8,8 @@ and the capacity of a local Ray instance. Errors name the file and the field.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from pipelines.config import ConfigError, RunConfig, load_config
+from pipelines.config import ConfigError, RunConfig, config_differences, load_config, parse_error
 from pipelines.data import DataError, DatasetInfo, check_private_labels, dataset_info
 from pipelines.data import public_size as declared_public_size
 from pipelines.privacy import BudgetError, PrivacyPlan, plan_releases
@@ -99,17 +98,6 @@ def check_data(config: RunConfig, source: str) -> None:
 
 
 
-def _pydantic_error(source: str, prefix: str, exc: Exception) -> ConfigError:
-    from pydantic import ValidationError
-
-    if isinstance(exc, ValidationError):
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
-        return ConfigError(source, f"{prefix}.{loc}" if loc else prefix, message)
-    return ConfigError(source, prefix, str(exc))
-
-
 def check_models(config: RunConfig, source: str) -> None:
     """Validate generator and embedder options (model paths exist, fields known) without loading a model."""
     from actors.embedders import validate_embedder_options
@@ -118,11 +106,11 @@ def check_models(config: RunConfig, source: str) -> None:
     try:
         validate_generator_options(config.generator.kind, config.generator.options)
     except Exception as exc:  # pydantic.ValidationError or ValueError
-        raise _pydantic_error(source, "generator.options", exc) from None
+        raise _options_error(source, "generator.options", exc) from None
     try:
         validate_embedder_options(config.embedder.kind, config.embedder.options)
     except Exception as exc:
-        raise _pydantic_error(source, "embedder.options", exc) from None
+        raise _options_error(source, "embedder.options", exc) from None
 
 
 def check_modality(config: RunConfig, info: DatasetInfo, source: str) -> None:
@@ -143,16 +131,12 @@ def check_modality(config: RunConfig, info: DatasetInfo, source: str) -> None:
         raise ConfigError(source, "generator.kind", f"the simulator draws 8x8 digits in 0..16; the data has samples {list(info.sample_shape)} in 0..{info.max_value:g}")
 
 
-def _config_differences(stored: dict[str, Any], given: dict[str, Any], prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(stored) | set(given)):
-        path = f"{prefix}{key}"
-        a, b = stored.get(key), given.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out.extend(_config_differences(a, b, path + "."))
-        elif a != b:
-            out.append(path)
-    return out
+def _options_error(source: str, prefix: str, exc: Exception) -> ConfigError:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return parse_error(exc, source, prefix)
+    return ConfigError(source, prefix, str(exc))
 
 
 def check_resume(config: RunConfig, run_dir: Path, source: str,
@@ -164,7 +148,7 @@ def check_resume(config: RunConfig, run_dir: Path, source: str,
         raise ConfigError(str(run_dir), "config.yaml", "not a privevo run directory (no config.yaml)")
     stored = load_config(stored_path, private_data=private_data).model_dump(mode="json")
     given = config.model_dump(mode="json")
-    for path in _config_differences(stored, given):
+    for path in config_differences(stored, given):
         if any(path == field or path.startswith(field + ".") for field in allowed):
             continue
         a, b = stored, given

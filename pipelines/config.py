@@ -323,24 +323,40 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> d
     return raw
 
 
-def parse_error(exc: ValidationError, source: str) -> ConfigError:
-    """The first problem of a pydantic ValidationError, as a ConfigError naming its field."""
+def parse_error(exc: ValidationError, source: str, prefix: str = "") -> ConfigError:
+    """The first problem of a pydantic ValidationError, as a ConfigError naming its field
+    (``prefix``: the dotted field of the validated part, e.g. ``generator.options``)."""
     first = exc.errors()[0]
-    field = _field_path(first["loc"])
+    field = ".".join(p for p in (prefix, _field_path(first["loc"]) if first["loc"] else "") if p)
     message = first["msg"]
     # A model-level check names its field relative to its model: "Value error, path: ..."
     named = re.match(r"Value error, ([A-Za-z_][\w.]*): (.*)", message, re.S)
     if named:
-        field = ".".join(p for p in (_field_path(first["loc"]) if first["loc"] else "", named.group(1)) if p)
+        field = ".".join(p for p in (field, named.group(1)) if p)
         message = named.group(2)
     elif first["type"] == "extra_forbidden":
         message = "unknown field"
-    elif "input" in first and first["type"] != "missing":
+    elif "input" in first and first["type"] != "missing" and not isinstance(first["input"], (dict, list)):
         message = f"{message} (got {first['input']!r})"
     others = len(exc.errors()) - 1
     if others:
         message += f" (and {others} more problem{'s' if others > 1 else ''})"
-    return ConfigError(source, field, message)
+    return ConfigError(source, field or "(top level)", message)
+
+
+def config_differences(stored: Any, given: Any, prefix: str = "") -> list[str]:
+    """The dotted paths at which two parsed configs differ (lists compared item by item)."""
+    if isinstance(stored, dict) and isinstance(given, dict):
+        out = []
+        for key in list(stored) + [k for k in given if k not in stored]:
+            out.extend(config_differences(stored.get(key), given.get(key), f"{prefix}{key}."))
+        return out
+    if isinstance(stored, list) and isinstance(given, list) and len(stored) == len(given):
+        out = []
+        for i, (a, b) in enumerate(zip(stored, given)):
+            out.extend(config_differences(a, b, f"{prefix}{i}."))
+        return out
+    return [] if stored == given else [prefix.rstrip(".")]
 
 
 def parse_config(raw: Any, source: str, *, private_data: bool = True) -> RunConfig:

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from pipelines.audit.chunks import Chunk, Trained, synthetic_level
 from pipelines.audit.config import AuditConfig
 from pipelines.audit.data import N_CLASSES, pe_seed, public_digits
-from pipelines.config import ConfigError
+from pipelines.config import ConfigError, parse_error
 
 __all__ = [
     "BUILT_IN",
@@ -166,10 +166,7 @@ class ExternalParadigm(AuditParadigm):
         try:
             return self.impl.Options.model_validate(config.paradigms[index].options)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            loc = ".".join(str(part) for part in first["loc"])
-            message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
-            raise ConfigError(source, f"paradigms.{index}.options" + (f".{loc}" if loc else ""), message) from None
+            raise parse_error(exc, source, f"paradigms.{index}.options") from None
 
     def train(self, chunk: Chunk) -> Trained:
         data, options = chunk.data, chunk.options

@@ -23,7 +23,7 @@ from pipelines.audit.chunks import train_chunk
 from pipelines.audit.config import AuditConfig
 from pipelines.audit.data import AuditData, paradigm_runs, prepare_data
 from pipelines.audit.paradigms import AuditParadigm
-from pipelines.config import ConfigError
+from pipelines.config import ConfigError, config_differences
 from pipelines.files import write_text_atomic
 
 __all__ = [
@@ -40,20 +40,6 @@ __all__ = [
 RESUMABLE_CHANGES = ("runs", "resources")
 
 
-def _config_differences(stored: Any, given: Any, prefix: str = "") -> list[str]:
-    if isinstance(stored, dict) and isinstance(given, dict):
-        out = []
-        for key in list(stored) + [k for k in given if k not in stored]:
-            out.extend(_config_differences(stored.get(key), given.get(key), f"{prefix}{key}."))
-        return out
-    if isinstance(stored, list) and isinstance(given, list) and len(stored) == len(given):
-        out = []
-        for i, (a, b) in enumerate(zip(stored, given)):
-            out.extend(_config_differences(a, b, f"{prefix}{i}."))
-        return out
-    return [] if stored == given else [prefix.rstrip(".")]
-
-
 def check_resume(config: AuditConfig, out_dir: Path, source: str) -> None:
     """Refuse to continue the audit in ``out_dir`` under a config that differs from the stored
     one outside ``RESUMABLE_CHANGES`` (the error names the first differing field)."""
@@ -61,7 +47,7 @@ def check_resume(config: AuditConfig, out_dir: Path, source: str) -> None:
     if not stored_path.exists():
         raise ConfigError(str(out_dir), "--out", "exists, is not empty and is not an audit directory (no config.yaml)")
     stored = yaml.safe_load(stored_path.read_text())
-    for path in _config_differences(stored, config.model_dump(mode="json")):
+    for path in config_differences(stored, config.model_dump(mode="json")):
         if path.split(".")[0] in RESUMABLE_CHANGES:
             continue
         raise ConfigError(
