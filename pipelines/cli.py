@@ -9,6 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+# The local Ray instance privevo starts uses token authentication: Ray's own default, said
+# explicitly so that Ray neither warns at every start nor switches mode when ~/.ray/auth_token
+# appears. Set here, before Ray is imported: Ray reads the mode once per process. An explicit
+# RAY_AUTH_MODE (the tests set "disabled") is respected.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
 from pipelines import submit as jobs
 from pipelines.config import ConfigError, load_config
 

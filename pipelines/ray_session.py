@@ -27,10 +27,6 @@ def ensure_ray(num_cpus: int | None = None, spill_dir: Path | None = None) -> bo
     else:
         # address="local": always a new instance; without it Ray joins any Ray it finds running
         # on this machine (another user's, or another job's that may shut down under us).
-        # Deliberately token authentication, as Ray's default is, but said explicitly, so Ray
-        # neither warns on every start nor changes mode when ~/.ray/auth_token appears; an
-        # explicit RAY_AUTH_MODE (the tests set "disabled") is respected.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
         spill = {}
         if spill_dir is not None:
             private_dir(spill_dir)

@@ -78,3 +78,17 @@ def test_killed_run_resumes_to_exactly_T_releases(demo_run, tmp_path):
     report = json.loads((run_dir / "report.json").read_text())
     assert report["privacy"]["epsilon"] == reference["privacy"]["epsilon"]
     assert report["privacy"]["releases"] == reference["privacy"]["releases"]
+
+
+def test_the_local_instance_starts_with_token_auth_and_no_warning(tmp_path):
+    """With RAY_AUTH_MODE unset (a user's shell), privevo decides the mode itself: token
+    authentication, said explicitly, so the run works and Ray prints no warning about it."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "synthesize", str(DEMO), "--set", "generations=1",
+         "--out", str(tmp_path / "run"), "--quiet"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Token authentication" not in proc.stderr
+    assert (tmp_path / "run" / "report.json").exists()
