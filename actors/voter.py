@@ -48,13 +48,13 @@ from pathlib import Path
 
 import numpy as np
 
-from actors.embedders import make_embedder
-from actors.generators.base import SampleBatch  # imported here, not at the first vote: it arrives in vote_batches
-from actors.knn import exact_knn
-from actors.threads import limit_threads
-from pipelines.data import load_private
-from pipelines.histogram import vote_counts, weighted_votes
-from pipelines.metering import ActorMeter
+from privevo.actors.embedders import make_embedder
+from privevo.actors.generators.base import SampleBatch  # imported here, not at the first vote: it arrives in vote_batches
+from privevo.actors.knn import exact_knn
+from privevo.actors.threads import limit_threads
+from privevo.pipelines.data import load_private
+from privevo.pipelines.histogram import vote_counts, weighted_votes
+from privevo.pipelines.metering import ActorMeter
 
 FAISS_TILE_BYTES = 4 * 4096 * 1024  # faiss.knn's own block: 4096 queries x 1024 database rows, float32
 
@@ -116,7 +116,7 @@ class VoterShard:
             if not self.labels:
                 self._private = {}  # an evaluation-only shard (``privevo rebuild``): reads no private data
             elif store is not None:
-                from pipelines.embed_store import load_class
+                from privevo.pipelines.embed_store import load_class
 
                 self._private = {label: load_class(Path(store), label, index, parts) for label in self.labels}
             else:

@@ -10,7 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from pipelines.files import write_json_atomic
+from privevo.pipelines.files import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -84,7 +84,7 @@ def local_ray(num_cpus: int | None = None):
 
 def demo_config(overrides: list[str]):
     """``configs/digits.yaml`` with overrides (dotted keys)."""
-    from pipelines.config import load_config
+    from privevo.pipelines.config import load_config
 
     return load_config(DEMO_CONFIG, overrides)
 

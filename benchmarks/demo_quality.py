@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     import ray
 
-    from pipelines.config import load_config
-    from pipelines.evolution import synthesize
+    from privevo.pipelines.config import load_config
+    from privevo.pipelines.evolution import synthesize
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
     rows = []

@@ -79,7 +79,7 @@ class BusySampler:
         self.sampler = None
         if device.startswith("cuda"):
             try:
-                from pipelines.gpu_utilization import UtilizationSampler, nvml_reader
+                from privevo.pipelines.gpu_utilization import UtilizationSampler, nvml_reader
 
                 index = int(device.split(":", 1)[1]) if ":" in device else 0
                 visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # torch's index counts these entries
@@ -166,7 +166,7 @@ def vote_rate(device: str, n_private: int, n_synthetic: int, dim: int, k: int = 
     """Pairs/s and flop rate of privevo's exact kNN vote search on ``device``."""
     import torch
 
-    from actors.knn import exact_knn, faiss_gpu_ready
+    from privevo.actors.knn import exact_knn, faiss_gpu_ready
 
     rng = np.random.default_rng(0)
     private = rng.standard_normal((n_private, dim), dtype=np.float32)
@@ -264,8 +264,8 @@ def _bare_unet_loop(path: Path, device: str, dtype: str, steps: int, batch: int,
 
 
 def _generator(path: Path, pipeline: str, device: str, dtype: str, steps: int, batch: int, shape, labels):
-    from actors.generators.base import GeneratorContext
-    from actors.generators.diffusion import DiffusionGenerator
+    from privevo.actors.generators.base import GeneratorContext
+    from privevo.actors.generators.diffusion import DiffusionGenerator
 
     context = GeneratorContext(modality="image", sample_shape=shape, max_value=255.0, labels=tuple(labels),
                                class_names={c: str(c) for c in labels}, device=device)
@@ -278,7 +278,7 @@ def _generator(path: Path, pipeline: str, device: str, dtype: str, steps: int, b
 
 def diffusion_rates(root: Path, device: str, quick: bool, busy: BusySampler) -> dict[str, Any]:
     """Images/s through privevo's generator vs a bare diffusers loop (CIFAR-size UNet)."""
-    from actors.generators.base import SampleBatch
+    from privevo.actors.generators.base import SampleBatch
 
     dtype = "float16" if device.startswith("cuda") else "float32"
     steps, batch, n = (4, 16, 32) if quick else (50, 500, 2000)
@@ -312,7 +312,7 @@ def diffusion_rates(root: Path, device: str, quick: bool, busy: BusySampler) -> 
 
 def dit_rates(root: Path, device: str, quick: bool, busy: BusySampler) -> dict[str, Any]:
     """Images/s of an ImageNet-size DiT-XL/2 (256x256, guidance 4) through privevo's generator."""
-    from actors.generators.base import SampleBatch
+    from privevo.actors.generators.base import SampleBatch
 
     dtype = "bfloat16" if device.startswith("cuda") else "float32"
     steps, batch, n = (2, 4, 8) if quick else (50, 64, 128)
@@ -340,8 +340,8 @@ def embed_rate(root: Path, device: str, quick: bool, busy: BusySampler) -> dict[
     """Images/s of the FID Inception embedder on 32x32 images (resized to 299x299)."""
     import torch
 
-    from actors.embedders import make_embedder
-    from actors.embedders.inception import build_fid_inception
+    from privevo.actors.embedders import make_embedder
+    from privevo.actors.embedders.inception import build_fid_inception
 
     weights = root / "inception.pth"
     torch.manual_seed(0)

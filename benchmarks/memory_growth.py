@@ -125,9 +125,9 @@ def run(results_dir: Path, generations: int = 20, config_path: Path = DEMO,
     """
     import ray
 
-    from pipelines.config import load_config
-    from pipelines.evolution import synthesize
-    from pipelines.ray_session import ensure_ray
+    from privevo.pipelines.config import load_config
+    from privevo.pipelines.evolution import synthesize
+    from privevo.pipelines.ray_session import ensure_ray
 
     if ray.is_initialized():
         raise RuntimeError("memory_growth measures the Ray instance it starts; call it with Ray not initialized")

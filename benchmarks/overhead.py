@@ -47,7 +47,7 @@ def run_plain(config, run_dir: Path) -> dict[str, Any]:
     """The same run on the in-process engine: every actor a plain object in this process (no Ray)."""
     from threadpoolctl import threadpool_limits
 
-    from pipelines.evolution import synthesize
+    from privevo.pipelines.evolution import synthesize
 
     # One thread for BLAS and OpenMP (FAISS), as each Ray actor has (OMP_NUM_THREADS=1).
     with threadpool_limits(limits=1):
@@ -58,7 +58,7 @@ def run_plain(config, run_dir: Path) -> dict[str, Any]:
 def run_ray(config, run_dir: Path) -> dict[str, Any]:
     from threadpoolctl import threadpool_limits
 
-    from pipelines.evolution import synthesize
+    from privevo.pipelines.evolution import synthesize
 
     # The driver's own BLAS at one thread too, as in the plain run: the comparison is of
     # orchestration, not of threading (multi-threaded BLAS in a driver on a busy machine
@@ -83,7 +83,7 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _same_output(a: Path, b: Path) -> bool:
-    from pipelines.privacy import PrivacyLedger
+    from privevo.pipelines.privacy import PrivacyLedger
 
     la, lb = PrivacyLedger(a), PrivacyLedger(b)
     if la.generations() != lb.generations():

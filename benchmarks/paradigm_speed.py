@@ -56,7 +56,7 @@ def _data(n_runs: int, n_canaries: int, seed: int = 0):
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    from pipelines.audit import balanced_membership
+    from privevo.pipelines.audit import balanced_membership
 
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32).reshape(-1, 8, 8)
@@ -72,7 +72,7 @@ def _data(n_runs: int, n_canaries: int, seed: int = 0):
 
 
 def _public(per_class: int = 50, seed: int = 0):
-    from actors.generators.simulator import DigitSimulator
+    from privevo.actors.generators.simulator import DigitSimulator
 
     labels = np.repeat(np.arange(10), per_class)
     batch = DigitSimulator().random(labels, seed)
@@ -80,7 +80,7 @@ def _public(per_class: int = 50, seed: int = 0):
 
 
 def _leakage(model, x, y, canaries, membership) -> dict:
-    from pipelines.audit import auc, lira_online, logit_confidence, tpr_at_fpr
+    from privevo.pipelines.audit import auc, lira_online, logit_confidence, tpr_at_fpr
 
     logits = model.logits(x[canaries])  # (R, C, classes)
     scores = logit_confidence(logits, y[canaries][None, :])
@@ -108,8 +108,8 @@ def main() -> None:
 
     import torch
 
-    from actors.paradigms import PARADIGMS
-    from actors.training.models import TrainSpec
+    from privevo.actors.paradigms import PARADIGMS
+    from privevo.actors.training.models import TrainSpec
 
     names = [n for n in args.only.split(",") if n] or list(VARIANTS)
     unknown = sorted(set(names) - set(VARIANTS))

@@ -57,8 +57,8 @@ PER_CLASS_OVERHEAD_S = 3e-4
 
 def write_vector_store(store: Path, classes: int, n_private: int, dim: int, seed: int, unit_rows: int = 65536) -> float:
     """A store of random unit vectors, ``n_private`` per class, written unit by unit; returns seconds."""
-    from pipelines.embed_store import write_store, write_unit
-    from pipelines.files import private_dir
+    from privevo.pipelines.embed_store import write_store, write_unit
+    from privevo.pipelines.files import private_dir
 
     t0 = time.perf_counter()
     private_dir(store / "units")
@@ -89,8 +89,8 @@ def synthetic_population(classes: int, n_synthetic: int, dim: int, seed: int) ->
 def run_layout(ray, store: Path, synthetic: list[np.ndarray], *, shards: int, split: str, dim: int, k: int,
                query_chunk: int, db_chunk: int, generations: int) -> tuple[dict, np.ndarray]:
     """Start the shards, vote ``generations`` times; returns the measurements and the last histogram."""
-    from actors.voter import VoterShard, vote_peak_bytes
-    from pipelines.engines import merge_vote_counts
+    from privevo.actors.voter import VoterShard, vote_peak_bytes
+    from privevo.pipelines.engines import merge_vote_counts
 
     labels = tuple(range(len(synthetic)))
     voter_cls = ray.remote(VoterShard).options(num_cpus=1)
@@ -153,7 +153,7 @@ def gpu_projection(n_private: int = 1280, n_synthetic: int = 1000, classes: int 
     time  = 2 * n_c * n_s * d * C / (shards * efficiency * R) + C / shards * overhead
     memory per shard = 4 * d * n_c * C / shards (private) + vote_peak_bytes(...) of one class
     """
-    from actors.voter import vote_peak_bytes
+    from privevo.actors.voter import vote_peak_bytes
 
     flops = 2.0 * n_private * n_synthetic * dim * classes
     per_class = vote_peak_bytes(0, n_private, n_synthetic, dim, k, 8192, 65536, backend="torch")
@@ -229,7 +229,7 @@ def run(results_dir: Path, *, fraction: float = 1.0, classes: int = 1000, privat
     """Run the benchmark; write ``results_dir/scale.json`` (when ``write``) and return the results."""
     import ray
 
-    from pipelines.ray_session import ensure_ray
+    from privevo.pipelines.ray_session import ensure_ray
 
     classes = max(1, int(round(classes * fraction)))
     started = ensure_ray(max(voters))

@@ -35,7 +35,7 @@ SUITE = "scaling"
 def measure(actors: int, per_class: int, generations: int, run_dir: Path) -> dict[str, Any]:
     from threadpoolctl import threadpool_limits
 
-    from pipelines.evolution import synthesize
+    from privevo.pipelines.evolution import synthesize
 
     config = demo_config([
         f"generations={generations}", f"generators={actors}", "resources.voter_shards=1",

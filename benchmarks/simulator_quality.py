@@ -40,8 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from actors.generators.base import SampleBatch  # noqa: E402
-from actors.generators.simulator import PARAM_SPECS, DigitSimulator, param_table  # noqa: E402
+from privevo.actors.generators.base import SampleBatch  # noqa: E402
+from privevo.actors.generators.simulator import PARAM_SPECS, DigitSimulator, param_table  # noqa: E402
 
 MAX_VALUE = 16.0
 

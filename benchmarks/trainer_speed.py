@@ -73,11 +73,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from actors.training.accounting import dpsgd_epsilon, dpsgd_noise_multiplier
-    from actors.training.augment import shift_queries
-    from actors.training.dpsgd import dpsgd_steps, train_batched_dpsgd
-    from actors.training.models import TrainSpec
-    from actors.training.train import train_batched
+    from privevo.actors.training.accounting import dpsgd_epsilon, dpsgd_noise_multiplier
+    from privevo.actors.training.augment import shift_queries
+    from privevo.actors.training.dpsgd import dpsgd_steps, train_batched_dpsgd
+    from privevo.actors.training.models import TrainSpec
+    from privevo.actors.training.train import train_batched
 
     xtr, y_priv, xte, yte, canaries, weights = _data(args.runs, args.canaries)
     seeds = list(range(args.runs))

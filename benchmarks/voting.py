@@ -72,8 +72,8 @@ def vote_seconds(n_private: int, n_synthetic: int, d: int, backend: str, threads
     """Wall seconds of one class's vote (exact kNN + histogram) at these sizes."""
     from threadpoolctl import threadpool_limits
 
-    from actors.knn import exact_knn
-    from pipelines.histogram import vote_histogram
+    from privevo.actors.knn import exact_knn
+    from privevo.pipelines.histogram import vote_histogram
 
     rng = np.random.default_rng(1)
     private = rng.standard_normal((n_private, d), dtype=np.float32)
@@ -105,7 +105,7 @@ def run(results_dir: Path, quick: bool = False) -> dict[str, Any]:
         threads = len(os.sched_getaffinity(0))
     except AttributeError:
         threads = os.cpu_count() or 1
-    from actors.knn import available_backend
+    from privevo.actors.knn import available_backend
 
     backends = [b for b in ("faiss", "torch") if available_backend(b) == b]
     square, shaped = (1024, (2048, 256, 4096)) if quick else (4096, (8192, 256, 16384))

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.config import ConfigError, RunConfig, config_differences, load_config, parse_error
-from pipelines.data import DataError, DatasetInfo, check_private_labels, dataset_info
-from pipelines.data import public_size as declared_public_size
-from pipelines.privacy import BudgetError, PrivacyPlan, plan_releases
+from privevo.pipelines.config import ConfigError, RunConfig, config_differences, load_config, parse_error
+from privevo.pipelines.data import DataError, DatasetInfo, check_private_labels, dataset_info
+from privevo.pipelines.data import public_size as declared_public_size
+from privevo.pipelines.privacy import BudgetError, PrivacyPlan, plan_releases
 
 # Config fields that may change when a run is resumed: they affect speed, not results.
 RESUMABLE_CHANGES = ("generators", "resources", "vote.knn_backend", "vote.query_chunk", "vote.db_chunk")
@@ -52,7 +52,7 @@ def check_config(config: RunConfig, source: str, info: DatasetInfo | None = None
         except (ValueError, OSError) as exc:
             field_name = getattr(exc, "field", None) or ("data.path" if config.data.kind != "digits" else "data.kind")
             raise ConfigError(source, field_name, str(exc)) from None
-    from pipelines.embed_store import check_setting
+    from privevo.pipelines.embed_store import check_setting
 
     problem = check_setting(config.vote.embedding_store)
     if problem:
@@ -100,8 +100,8 @@ def check_data(config: RunConfig, source: str) -> None:
 
 def check_models(config: RunConfig, source: str) -> None:
     """Validate generator and embedder options (model paths exist, fields known) without loading a model."""
-    from actors.embedders import validate_embedder_options
-    from actors.generators.worker import validate_generator_options
+    from privevo.actors.embedders import validate_embedder_options
+    from privevo.actors.generators.worker import validate_generator_options
 
     try:
         validate_generator_options(config.generator.kind, config.generator.options)
@@ -115,8 +115,8 @@ def check_models(config: RunConfig, source: str) -> None:
 
 def check_modality(config: RunConfig, info: DatasetInfo, source: str) -> None:
     """Generator, embedder and evaluation must suit the data (images or text)."""
-    from actors.embedders import embedder_modality
-    from actors.generators.worker import generator_modality
+    from privevo.actors.embedders import embedder_modality
+    from privevo.actors.generators.worker import generator_modality
 
     makes = generator_modality(config.generator.kind)
     if makes != info.modality:

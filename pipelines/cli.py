@@ -15,8 +15,8 @@ from pathlib import Path
 # RAY_AUTH_MODE (the tests set "disabled") is respected.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
-from pipelines import submit as jobs
-from pipelines.config import ConfigError, load_config
+from privevo.pipelines import submit as jobs
+from privevo.pipelines.config import ConfigError, load_config
 
 INSECURE_NOISE_ENV = "PRIVEVO_INSECURE_NOISE_SEED"
 
@@ -106,8 +106,8 @@ def _insecure_noise_seed() -> int | None:
 
 
 def _synthesize(args: argparse.Namespace) -> int:
-    from pipelines.evolution import synthesize
-    from pipelines.report import summary_lines
+    from privevo.pipelines.evolution import synthesize
+    from privevo.pipelines.report import summary_lines
 
     if args.resume and args.out:
         raise ConfigError("command line", "--out", "give either --out or --resume, not both")
@@ -132,8 +132,8 @@ def _synthesize(args: argparse.Namespace) -> int:
 
 
 def _rebuild(args: argparse.Namespace) -> int:
-    from pipelines.evolution import rebuild
-    from pipelines.report import summary_lines
+    from privevo.pipelines.evolution import rebuild
+    from privevo.pipelines.report import summary_lines
 
     config = (load_config(Path(args.run_dir) / "config.yaml", args.overrides, private_data=False)
               if args.overrides else None)
@@ -144,7 +144,7 @@ def _rebuild(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from pipelines.audit.job import load_audit_config, run_audit, summary_table
+    from privevo.pipelines.audit.job import load_audit_config, run_audit, summary_table
 
     config = load_audit_config(args.config, args.overrides)
     out = Path(args.out).expanduser() if args.out else Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -205,7 +205,7 @@ class VoteConfig(_Strict):
 
 def _installed_kind(what: str, kind: str) -> str:
     """``kind`` if an installed plugin provides it (names only: nothing is imported here)."""
-    from actors import plugins
+    from privevo.actors import plugins
 
     if kind not in plugins.kinds(what):
         raise ValueError(f"unknown {what} {kind!r}; installed: {', '.join(plugins.kinds(what))} "

@@ -62,7 +62,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.files import atomic_open, private_dir, write_json_atomic
+from privevo.pipelines.files import atomic_open, private_dir, write_json_atomic
 
 STORE_FORMAT = 2
 STORE_KINDS = ("image_folder", "parquet_shards")
@@ -103,7 +103,7 @@ def store_path(setting: str, data: Any, run_dir: Path | None = None, *, embedder
     dict). A store is never inside ``run_dir`` (run directories are copied and
     shared): a directory there is refused with ValueError.
     """
-    from pipelines.data import public_size
+    from privevo.pipelines.data import public_size
 
     problem = check_setting(setting, run_dir)
     if problem:
@@ -302,7 +302,7 @@ def plan_units(data: dict[str, Any], unit_size: int = UNIT_SIZE) -> tuple[list[P
     """The source files and the units of the pass over the private rows (file names, offsets, labels)."""
     import pyarrow.parquet as pq
 
-    from pipelines.data import split_rows
+    from privevo.pipelines.data import split_rows
 
     source, rows, labels = split_rows(data, "private")
     units: list[dict[str, Any]] = []
@@ -337,15 +337,15 @@ class UnitEmbedder:
 
     def __init__(self, store: str, data: dict[str, Any], embedder: str, embedder_options: dict[str, Any],
                  max_value: float, device: str = "cpu", threads: int = 1) -> None:
-        from actors.embedders import make_embedder
-        from actors.threads import limit_threads
+        from privevo.actors.embedders import make_embedder
+        from privevo.actors.threads import limit_threads
 
         limit_threads(threads, torch=embedder != "pixels")
         self.store, self.data = Path(store), data
         self.embedder = make_embedder(embedder, max_value, embedder_options, device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from pipelines.data import (
+        from privevo.pipelines.data import (
             RowSource,
             read_image_files,
             read_parquet_rows,

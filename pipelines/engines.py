@@ -29,12 +29,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from actors.generators.base import SampleBatch
-from pipelines.config import ConfigError, RunConfig
-from pipelines.data import DatasetInfo
-from pipelines.histogram import degree_schedule
-from pipelines.metering import ActorUsage, GenerationMeter, MeteredRay
-from pipelines.population import ID_STRIDE, Parents, Population
+from privevo.actors.generators.base import SampleBatch
+from privevo.pipelines.config import ConfigError, RunConfig
+from privevo.pipelines.data import DatasetInfo
+from privevo.pipelines.histogram import degree_schedule
+from privevo.pipelines.metering import ActorUsage, GenerationMeter, MeteredRay
+from privevo.pipelines.population import ID_STRIDE, Parents, Population
 
 # Stage codes mixed into derived seeds.
 RANDOM, VARIATION, LOOKAHEAD, SELECT, FINAL, PRIOR_BASELINE = range(6)
@@ -118,7 +118,7 @@ def _shards(n: int, size: int) -> list[tuple[int, int]]:
 
 
 def generator_context(info: DatasetInfo, labels: tuple[int, ...], device: str):
-    from actors.generators.base import GeneratorContext
+    from privevo.actors.generators.base import GeneratorContext
 
     return GeneratorContext(
         modality=info.modality, sample_shape=info.sample_shape, max_value=info.max_value,
@@ -471,8 +471,8 @@ def _actor_args(config: RunConfig, info: DatasetInfo, labels: tuple[int, ...], v
 def in_process_engine(config: RunConfig, info: DatasetInfo, labels: tuple[int, ...], store: Path | None = None,
                       public_only: bool = False) -> ActorEngine:
     """The engine that calls the generator workers and voter shards in this process."""
-    from actors.generators.worker import GeneratorWorker
-    from actors.voter import VoterShard
+    from privevo.actors.generators.worker import GeneratorWorker
+    from privevo.actors.voter import VoterShard
 
     backend = InProcessBackend()
     voter_labels = _voter_layout(config, labels, public_only)
@@ -539,8 +539,8 @@ def ray_engine(config: RunConfig, info: DatasetInfo, labels: tuple[int, ...], st
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from actors.generators.worker import GeneratorWorker
-    from actors.voter import VoterShard
+    from privevo.actors.generators.worker import GeneratorWorker
+    from privevo.actors.voter import VoterShard
 
     res = config.resources
     voter_labels = _voter_layout(config, labels, public_only)

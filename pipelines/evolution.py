@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.checks import (
+from privevo.pipelines.checks import (
     REBUILD_CHANGES,
     RESUMABLE_CHANGES,
     check_capacity,
@@ -32,18 +32,18 @@ from pipelines.checks import (
     check_data,
     check_resume,
 )
-from pipelines.config import ConfigError, RunConfig, dump_config, load_config
-from pipelines.data import DatasetInfo, load_heldout, write_parquet_atomic
-from pipelines.engines import PRIOR_BASELINE, SELECT, ActorEngine, Work, derive_seed, in_process_engine, ray_engine
-from pipelines.engines import n_voter_shards
-from pipelines.files import RunLock, RunLockedError
-from pipelines.files import write_json_atomic as _write_json_atomic
-from pipelines.histogram import degree_schedule, select_parents, threshold_counts
-from pipelines.hooks import Evaluation, MeteredEngine, Progress, RunHooks
-from pipelines.metrics import private_reference_accuracy
-from pipelines.pe import Schedule, private_evolution
-from pipelines.population import Parents, Population
-from pipelines.privacy import GaussianMechanism, NoiseSource, PrivacyLedger, PrivacyPlan, secure_noise, seeded_noise
+from privevo.pipelines.config import ConfigError, RunConfig, dump_config, load_config
+from privevo.pipelines.data import DatasetInfo, load_heldout, write_parquet_atomic
+from privevo.pipelines.engines import PRIOR_BASELINE, SELECT, ActorEngine, Work, derive_seed, in_process_engine, ray_engine
+from privevo.pipelines.engines import n_voter_shards
+from privevo.pipelines.files import RunLock, RunLockedError
+from privevo.pipelines.files import write_json_atomic as _write_json_atomic
+from privevo.pipelines.histogram import degree_schedule, select_parents, threshold_counts
+from privevo.pipelines.hooks import Evaluation, MeteredEngine, Progress, RunHooks
+from privevo.pipelines.metrics import private_reference_accuracy
+from privevo.pipelines.pe import Schedule, private_evolution
+from privevo.pipelines.population import Parents, Population
+from privevo.pipelines.privacy import GaussianMechanism, NoiseSource, PrivacyLedger, PrivacyPlan, secure_noise, seeded_noise
 
 __all__ = ["DATASET_FILE", "REBUILD_CHANGES", "RESUMABLE_CHANGES", "RunResult", "Synthesis", "check_config",
            "rebuild", "synthesize"]
@@ -149,14 +149,14 @@ class Synthesis:
         self.public_only = public_only
         heldout = load_heldout(config.data)  # declared public, or None
         self.heldout = None if heldout is None else heldout.restrict(labels)
-        from pipelines.embed_store import store_path
+        from privevo.pipelines.embed_store import store_path
 
         self.embedding_store = store_path(config.vote.embedding_store, config.data, run_dir,
                                           embedder=config.embedder.kind, embedder_options=dict(config.embedder.options))
 
     def _build_store(self) -> None:
         """Embed the private set once, ahead, into the embedding store (reused when it matches)."""
-        from pipelines.embed_store import build_store
+        from privevo.pipelines.embed_store import build_store
 
         res = self.config.resources
         build_store(
@@ -198,7 +198,7 @@ class Synthesis:
     # ----------------------------------------------------------------- the run
 
     def run(self) -> dict[str, Any]:
-        from pipelines.ray_session import ensure_ray
+        from privevo.pipelines.ray_session import ensure_ray
 
         wall0 = time.perf_counter()
         on_ray = self.config.resources.engine == "ray"
@@ -327,7 +327,7 @@ class Synthesis:
                                 "note": "the generator's prior alone: no private information"}}
 
     def _real_baseline(self, engine: ActorEngine) -> None:
-        from pipelines.files import private_dir
+        from privevo.pipelines.files import private_dir
 
         res = self.config.resources
         task = engine.remote(private_reference_accuracy).options(num_cpus=res.voter_cpus, num_gpus=res.voter_gpus)
@@ -346,7 +346,7 @@ class Synthesis:
 
     def _finish(self, population: Population, state: dict[str, Any], baselines: dict[str, Any],
                 wall: float, ray_start: float) -> dict[str, Any]:
-        from pipelines.report import build_report, write_outputs
+        from privevo.pipelines.report import build_report, write_outputs
 
         report = build_report(self, population, state, baselines, wall, ray_start)
         write_outputs(self, population, report)

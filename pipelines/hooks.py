@@ -31,11 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.engines import ActorEngine, Work
-from pipelines.histogram import threshold_counts
-from pipelines.metering import GenerationMeter, role_totals
-from pipelines.metrics import downstream_accuracy, frechet_distance
-from pipelines.population import Population
+from privevo.pipelines.engines import ActorEngine, Work
+from privevo.pipelines.histogram import threshold_counts
+from privevo.pipelines.metering import GenerationMeter, role_totals
+from privevo.pipelines.metrics import downstream_accuracy, frechet_distance
+from privevo.pipelines.population import Population
 
 
 class Progress:

@@ -76,7 +76,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.gpu_utilization import UtilizationSampler, nvml_reader
+from privevo.pipelines.gpu_utilization import UtilizationSampler, nvml_reader
 
 # Driver stages in the order a generation runs them.
 DRIVER_STAGES = ("generate", "vote", "release", "select", "evaluate", "checkpoint")

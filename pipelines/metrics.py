@@ -14,7 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.svm import SVC
 
-from pipelines.data import load_heldout, load_private
+from privevo.pipelines.data import load_heldout, load_private
 
 CLASSIFIERS = ("svc", "logreg", "knn")
 
@@ -93,7 +93,7 @@ def private_reference_accuracy(
     if features == "pixels":
         train, test, scale = private.samples, heldout.samples, max_value
     else:
-        from actors.embedders import make_embedder
+        from privevo.actors.embedders import make_embedder
 
         model = make_embedder(embedder, max_value, embedder_options or {}, device)
         train, test, scale = model.embed(private.samples), model.embed(heldout.samples), 1.0

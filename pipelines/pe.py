@@ -25,8 +25,8 @@ from typing import Protocol
 
 import numpy as np
 
-from pipelines.engines import FINAL, Work
-from pipelines.population import Parents, Population
+from privevo.pipelines.engines import FINAL, Work
+from privevo.pipelines.population import Parents, Population
 
 
 class Engine(Protocol):

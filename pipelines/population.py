@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from actors.generators.base import SampleBatch
-from pipelines.data import read_synthetic, synthetic_table
+from privevo.actors.generators.base import SampleBatch
+from privevo.pipelines.data import read_synthetic, synthetic_table
 
 ID_STRIDE = 1 << 32  # ids are generation * ID_STRIDE + row
 

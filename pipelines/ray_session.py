@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipelines.files import private_dir
+from privevo.pipelines.files import private_dir
 
 
 def ensure_ray(num_cpus: int | None = None, spill_dir: Path | None = None) -> bool:

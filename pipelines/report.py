@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipelines.data import public_size, write_parquet_atomic
-from pipelines.files import write_json_atomic
-from pipelines.metering import plot_cost, run_cost
-from pipelines.privacy import NOISE_SOURCE_SECURE, calibration_eps_error, epsilon_closed_form
+from privevo.pipelines.data import public_size, write_parquet_atomic
+from privevo.pipelines.files import write_json_atomic
+from privevo.pipelines.metering import plot_cost, run_cost
+from privevo.pipelines.privacy import NOISE_SOURCE_SECURE, calibration_eps_error, epsilon_closed_form
 
 if TYPE_CHECKING:
-    from pipelines.evolution import Synthesis
-    from pipelines.population import Population
+    from privevo.pipelines.evolution import Synthesis
+    from privevo.pipelines.population import Population
 
 STAGES = ("generate", "vote", "release", "select", "evaluate", "checkpoint")
 

@@ -41,8 +41,8 @@ from typing import IO, Any, Literal
 
 import yaml
 
-from pipelines.config import ConfigError
-from pipelines.files import write_json_atomic
+from privevo.pipelines.config import ConfigError
+from privevo.pipelines.files import write_json_atomic
 
 JobKind = Literal["synthesize", "audit"]
 JOBS: tuple[str, ...] = ("synthesize", "audit")
@@ -270,15 +270,15 @@ def check_job_config(config_path: str | Path, job: JobKind, overrides: Sequence[
     synthesize config its PE paradigms name. Raises ConfigError naming file and field.
     """
     if job == "synthesize":
-        from pipelines.config import load_config
-        from pipelines.evolution import check_config
+        from privevo.pipelines.config import load_config
+        from privevo.pipelines.evolution import check_config
 
         config = load_config(config_path, list(overrides))
         check_config(config, str(config_path))
         return config
     if job == "audit":
-        from pipelines.audit.job import load_audit_config
-        from pipelines.config import load_config
+        from privevo.pipelines.audit.job import load_audit_config
+        from privevo.pipelines.config import load_config
 
         config = load_audit_config(config_path, list(overrides))
         for paradigm in config.paradigms:

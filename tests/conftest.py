@@ -21,7 +21,7 @@ def ray_session():
 
 def small_config(**overrides):
     """A small, fast synthesize config; keys use dotted paths."""
-    from pipelines.config import apply_overrides, parse_config
+    from privevo.pipelines.config import apply_overrides, parse_config
 
     raw = {
         "name": "test",

@@ -40,10 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-import actors.generators.worker as worker_module  # noqa: E402
-import actors.voter as voter_module  # noqa: E402
-from actors.generators.worker import GeneratorWorker  # noqa: E402
-from actors.voter import VoterShard  # noqa: E402
+import privevo.actors.generators.worker as worker_module  # noqa: E402
+import privevo.actors.voter as voter_module  # noqa: E402
+from privevo.actors.generators.worker import GeneratorWorker  # noqa: E402
+from privevo.actors.voter import VoterShard  # noqa: E402
 
 NOISE_SEED = 1234
 SHARD_DELAY_S = 0.4
@@ -117,7 +117,7 @@ def when_generators_busy(n_generators: int, action, timeout: float = 60.0) -> th
 
 def run_synthesis(cfg, run_dir: Path, fault=None) -> dict:
     """Run ``cfg``; ``fault(actors, generation)`` is called after each release."""
-    from pipelines.evolution import synthesize
+    from privevo.pipelines.evolution import synthesize
 
     state: dict = {}
     threads: list[threading.Thread] = []
@@ -183,8 +183,8 @@ def _refused(cfg, run_dir: Path) -> dict:
     import ray
     from ray.util.placement_group import placement_group_table
 
-    from pipelines.config import ConfigError
-    from pipelines.evolution import synthesize
+    from privevo.pipelines.config import ConfigError
+    from privevo.pipelines.evolution import synthesize
 
     t0 = time.perf_counter()
     try:

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from scipy.optimize import brentq
 from scipy.stats import norm
 
-from pipelines.privacy import accounting
-from pipelines.privacy.accounting import (
+from privevo.pipelines.privacy import accounting
+from privevo.pipelines.privacy.accounting import (
     PLAN_TOLERANCE,
     BudgetError,
     EpsilonBound,

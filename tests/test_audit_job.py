@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.cli import main
-from pipelines.config import ConfigError
+from privevo.pipelines.cli import main
+from privevo.pipelines.config import ConfigError
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 
@@ -62,7 +62,7 @@ def test_audit_finds_leakage_of_plain_training_not_of_dpsgd(tmp_path, capsys):
 
 def test_audit_config_refusals(tmp_path):
     with pytest.raises(ConfigError, match=r"runs: must be even"):
-        from pipelines.audit.job import load_audit_config
+        from privevo.pipelines.audit.job import load_audit_config
 
         load_audit_config(write_config(tmp_path, SMALL.replace("runs: 16", "runs: 15")))
     with pytest.raises(ConfigError, match=r"paradigms\.0\.epsilon: required"):
@@ -100,7 +100,7 @@ paradigms:
     # mechanism level: the releases minus the always-in votes, on each canary's own bins, shift by
     # what each run's ledger predicts (the statistic's wiring; tests/test_audit_levels.py resolves
     # the shift on the real release code and flags a planted half-noise bug)
-    from pipelines.privacy import PrivacyLedger, gaussian_mu
+    from privevo.pipelines.privacy import PrivacyLedger, gaussian_mu
 
     ledger = PrivacyLedger(private / "pe" / "run-0000")
     mech = report["levels"]["pe (mechanism)"]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import sparse
 
-from pipelines.audit import (
+from privevo.pipelines.audit import (
     auc,
     epsilon_lower_bound,
     iid_membership,
@@ -26,10 +26,10 @@ from pipelines.audit import (
     synthetic_scores,
     vote_matrix,
 )
-from pipelines.audit.levels import exclusive_votes, mechanism_llr, mechanism_shift
-from pipelines.audit.mechanism import gaussian_epsilon
-from pipelines.histogram import vote_histogram
-from pipelines.privacy import epsilon_closed_form
+from privevo.pipelines.audit.levels import exclusive_votes, mechanism_llr, mechanism_shift
+from privevo.pipelines.audit.mechanism import gaussian_epsilon
+from privevo.pipelines.histogram import vote_histogram
+from privevo.pipelines.privacy import epsilon_closed_form
 
 # --------------------------------------------------------------------------------------------
 # mechanism level: the statistic
@@ -40,7 +40,7 @@ def test_vote_matrix_sums_to_the_voters_histogram():
     private, labels = rng.normal(size=(50, 3)), rng.integers(0, 3, 50)
     pop, pop_y = rng.normal(size=(30, 3)), np.repeat([0, 1, 2], 10)
     votes = vote_matrix(private, labels, pop, pop_y, 3)
-    from actors.knn import exact_knn
+    from privevo.actors.knn import exact_knn
 
     expected = np.zeros(30)
     for c in range(3):
@@ -178,9 +178,9 @@ def _pe_like_releases(mechanism_cls, noise_multiplier, runs, canaries, generatio
     """Releases of privevo's real mechanism (integer vote counts from ``vote_counts`` over a kNN
     vote of real records and canaries on a fresh population each generation) and the audit's
     statistic of each run. Returns (stat, shift, membership, noise_sd_in_vote_units)."""
-    from actors.knn import exact_knn
-    from pipelines.histogram import vote_counts
-    from pipelines.privacy import seeded_noise
+    from privevo.actors.knn import exact_knn
+    from privevo.pipelines.histogram import vote_counts
+    from privevo.pipelines.privacy import seeded_noise
 
     rng = np.random.default_rng(seed)
     d, per_class = 6, 400
@@ -225,7 +225,7 @@ def real_release_audits():
     the real release code, correct and with its noise scale halved (the planted bug)."""
     import warnings
 
-    from pipelines.privacy import GaussianMechanism
+    from privevo.pipelines.privacy import GaussianMechanism
 
     class HalfNoise(GaussianMechanism):
         @property
@@ -239,7 +239,7 @@ def real_release_audits():
 
 
 def _judge(stat, shift, membership, accounted, delta):
-    from pipelines.audit.reduce import mechanism_report
+    from privevo.pipelines.audit.reduce import mechanism_report
 
     return mechanism_report(stat, shift, membership, delta, np.random.default_rng(9), accounted)
 
@@ -277,8 +277,8 @@ def test_planted_half_noise_in_the_real_release_is_flagged(real_release_audits):
 
 
 def test_duplicated_canaries_are_judged_against_the_group_epsilon():
-    from pipelines.audit import simulate_gaussian_audit
-    from pipelines.audit.mechanism import (
+    from privevo.pipelines.audit import simulate_gaussian_audit
+    from privevo.pipelines.audit.mechanism import (
         discrete_gaussian_group_epsilon,
         gaussian_group_epsilon,
         group_epsilon,
@@ -306,8 +306,8 @@ def test_duplicated_canaries_are_judged_against_the_group_epsilon():
 
 
 def test_group_claims_are_labelled_in_the_table():
-    from pipelines.audit.job import summary_table
-    from pipelines.audit.reduce import privacy_unit
+    from privevo.pipelines.audit.job import summary_table
+    from privevo.pipelines.audit.reduce import privacy_unit
 
     assert privacy_unit(1) == "record" and privacy_unit(4) == "group privacy (4 records)"
     row = {"accuracy": 0.9, "tpr_at_0.1pct_fpr": 0.01, "tpr_at_1pct_fpr": 0.02, "auc": 0.6,
@@ -325,7 +325,7 @@ def test_group_claims_are_labelled_in_the_table():
 
 
 def test_ledger_parameters_read_the_theory_from_the_ledger(tmp_path):
-    from pipelines.audit.pe_runs import ledger_parameters
+    from privevo.pipelines.audit.pe_runs import ledger_parameters
 
     def write(records):
         (tmp_path / "ledger.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))

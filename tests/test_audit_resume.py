@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from actors import plugins
-from pipelines.audit import data as audit_data
-from pipelines.audit.config import AuditConfig
-from pipelines.audit.job import load_audit_config, run_audit, summary_table
-from pipelines.config import ConfigError
+from privevo.actors import plugins
+from privevo.pipelines.audit import data as audit_data
+from privevo.pipelines.audit.config import AuditConfig
+from privevo.pipelines.audit.job import load_audit_config, run_audit, summary_table
+from privevo.pipelines.config import ConfigError
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -121,7 +121,7 @@ class BlindParadigm:
     def train(self, x, y, weights, x_test, y_test, spec, seeds, options, n_classes, *, public=None):
         from dataclasses import replace
 
-        from actors.training.train import train_batched
+        from privevo.actors.training.train import train_batched
 
         always = np.broadcast_to(weights.min(axis=0), weights.shape)
         return train_batched(x, y, always, replace(spec, epochs=options.epochs), seeds, n_classes)
@@ -135,7 +135,7 @@ class CopyingParadigm:
     def train(self, x, y, weights, x_test, y_test, spec, seeds, options, n_classes, *, public=None):
         from dataclasses import replace
 
-        from actors.training.train import train_batched
+        from privevo.actors.training.train import train_batched
 
         model = train_batched(x, y, weights, replace(spec, epochs=options.epochs), seeds, n_classes)
         rows = [np.flatnonzero(w) for w in weights]
@@ -158,7 +158,7 @@ def fake_registry(monkeypatch):
 
 
 def test_external_paradigm_and_one_run(tmp_path, fake_registry):
-    from pipelines.audit import one_run_epsilon_lower, one_run_guesses
+    from privevo.pipelines.audit import one_run_epsilon_lower, one_run_guesses
 
     config = tiny(runs=8, canaries={"count": 30}, paradigms=[
         {"name": "copy", "kind": "coreset", "options": {"epochs": 2}},
@@ -221,8 +221,8 @@ def test_external_paradigm_options_are_checked_before_data(tmp_path, fake_regist
 
 
 def test_canary_kinds_in_the_training_set():
-    from pipelines.audit import paired_membership
-    from pipelines.data import load_private
+    from privevo.pipelines.audit import paired_membership
+    from privevo.pipelines.data import load_private
 
     base = audit_data.prepare_data(tiny())
     dup = audit_data.prepare_data(tiny(canaries={"count": 10, "kind": "duplicated", "repeat": 3}))

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from scipy.stats import norm
 from sklearn.metrics import roc_curve
 
-from pipelines.audit import (
+from privevo.pipelines.audit import (
     auc,
     balanced_membership,
     bootstrap_tpr_at_fpr,
@@ -32,7 +32,7 @@ from pipelines.audit import (
     simulate_gaussian_audit,
     tpr_at_fpr,
 )
-from pipelines.privacy import epsilon_closed_form
+from privevo.pipelines.privacy import epsilon_closed_form
 
 # --------------------------------------------------------------------------------------------
 # canaries

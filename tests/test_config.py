@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cli import main
-from pipelines.config import ConfigError, load_config
+from privevo.pipelines.cli import main
+from privevo.pipelines.config import ConfigError, load_config
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
 
@@ -91,8 +91,8 @@ def test_cli_refuses_before_any_release(tmp_path, capsys, monkeypatch, override,
     # every way the demo's private set can be read fails the test
     import sklearn.datasets
 
-    from pipelines import data
-    from pipelines.data import rows
+    from privevo.pipelines import data
+    from privevo.pipelines.data import rows
 
     monkeypatch.setattr(sklearn.datasets, "load_digits", no_private_data)
     for name in ("load_private", "read_rows", "check_private_labels"):

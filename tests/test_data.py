@@ -18,8 +18,8 @@ import pytest
 from conftest import digits_image_folder
 from PIL import Image
 
-from pipelines.config import ConfigError, parse_config
-from pipelines.data import (
+from privevo.pipelines.config import ConfigError, parse_config
+from privevo.pipelines.data import (
     DataError,
     DatasetInfo,
     check_private_labels,

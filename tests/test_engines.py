@@ -7,16 +7,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from actors.generators.base import SampleBatch
+from privevo.actors.generators.base import SampleBatch
 from conftest import small_config
-from pipelines.engines import Work
-from pipelines.evolution import synthesize
-from pipelines.pe import Schedule, private_evolution
-from pipelines.population import ID_STRIDE, Parents, Population
-from pipelines.privacy import PrivacyLedger
-from pipelines.report import strip_side_channels
+from privevo.pipelines.engines import Work
+from privevo.pipelines.evolution import synthesize
+from privevo.pipelines.pe import Schedule, private_evolution
+from privevo.pipelines.population import ID_STRIDE, Parents, Population
+from privevo.pipelines.privacy import PrivacyLedger
+from privevo.pipelines.report import strip_side_channels
 
-pytestmark = pytest.mark.filterwarnings("ignore::pipelines.privacy.InsecureNoiseWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::privevo.pipelines.privacy.InsecureNoiseWarning")
 NOISE_SEED = 99
 
 

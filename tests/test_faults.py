@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 from conftest import small_config
-from pipelines.config import ConfigError, dump_config
-from pipelines.data import read_synthetic
-from pipelines.checks import check_resume
-from pipelines.engines import placement_bundles, placement_error
-from pipelines.privacy import PrivacyLedger
+from privevo.pipelines.config import ConfigError, dump_config
+from privevo.pipelines.data import read_synthetic
+from privevo.pipelines.checks import check_resume
+from privevo.pipelines.engines import placement_bundles, placement_error
+from privevo.pipelines.privacy import PrivacyLedger
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ("reference", "unplaceable", "unspreadable", "kill_generator", "remove_node")  # run in this order

@@ -8,11 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import digits_image_folder, small_config
-from pipelines.config import ConfigError
-from pipelines.evolution import synthesize
-from pipelines.privacy import PrivacyLedger
+from privevo.pipelines.config import ConfigError
+from privevo.pipelines.evolution import synthesize
+from privevo.pipelines.privacy import PrivacyLedger
 
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::pipelines.privacy.InsecureNoiseWarning")]
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::privevo.pipelines.privacy.InsecureNoiseWarning")]
 
 POSITIVE = ["the food was great and the staff were friendly", "lovely place with tasty dishes and kind people",
             "excellent dinner, we will come back soon", "wonderful pasta and a warm welcome"]
@@ -165,9 +165,9 @@ def test_diffusion_degree_moves_farther_in_embedding_space(tmp_path, tiny_clip):
     """SDEdit at a larger degree lands farther from the parent in CLIP space."""
     from tiny_diffusion import build_tiny_ddim
 
-    from actors.embedders import make_embedder
-    from actors.generators.base import GeneratorContext
-    from actors.generators.worker import make_generator
+    from privevo.actors.embedders import make_embedder
+    from privevo.actors.generators.base import GeneratorContext
+    from privevo.actors.generators.worker import make_generator
 
     unet = str(build_tiny_ddim(tmp_path / "ddim", num_classes=3, image_size=16, output_scale=0.0))
     context = GeneratorContext(modality="image", sample_shape=(16, 16, 3), max_value=255.0, labels=(0, 1, 2),
@@ -191,8 +191,8 @@ def test_shipped_text_configs_pass_every_check(name, tmp_path, tiny_lm):
 
     from pathlib import Path
 
-    from pipelines.config import parse_config
-    from pipelines.checks import check_config, check_data
+    from privevo.pipelines.config import parse_config
+    from privevo.pipelines.checks import check_config, check_data
 
     raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / name).read_text())
     for key in ("path", "heldout_path"):
@@ -212,7 +212,7 @@ def test_shipped_text_configs_pass_every_check(name, tmp_path, tiny_lm):
 
 
 def test_a_plan_larger_than_the_cluster_is_refused():
-    from pipelines.checks import check_capacity
+    from privevo.pipelines.checks import check_capacity
 
     config = small_config(generators=3, **{"resources.generator_cpus": 1.0})
     with pytest.raises(ConfigError, match=r"needs 3\.25 CPUs .* has 2"):

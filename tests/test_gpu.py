@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.mark.parametrize("backend", ["torch", "faiss"])
 @pytest.mark.parametrize("chunks", [(8192, 65536), (33, 70)])
 def test_gpu_knn_matches_brute_force(backend, chunks):
-    from actors.knn import exact_knn
+    from privevo.actors.knn import exact_knn
 
     rng = np.random.default_rng(0)
     queries = rng.normal(size=(300, 32)).astype(np.float32)
@@ -29,7 +29,7 @@ def test_gpu_knn_matches_brute_force(backend, chunks):
 
 
 def test_gpu_voter_histograms_equal_the_cpu_voter():
-    from actors.voter import VoterShard
+    from privevo.actors.voter import VoterShard
 
     rng = np.random.default_rng(1)
     synthetic = rng.uniform(0, 16, size=(60, 8, 8)).astype(np.float32)
@@ -40,8 +40,8 @@ def test_gpu_voter_histograms_equal_the_cpu_voter():
 
 
 def test_gpu_inception_features_match_cpu(tmp_path):
-    from actors.embedders import make_embedder
-    from actors.embedders.inception import build_fid_inception
+    from privevo.actors.embedders import make_embedder
+    from privevo.actors.embedders.inception import build_fid_inception
 
     torch.manual_seed(0)
     weights = tmp_path / "inception.pth"
@@ -56,8 +56,8 @@ def test_gpu_inception_features_match_cpu(tmp_path):
 def test_gpu_diffusion_is_reproducible_and_in_range(tmp_path, dtype):
     from tiny_diffusion import build_tiny_ddim
 
-    from actors.generators.base import GeneratorContext, SampleBatch
-    from actors.generators.diffusion import DiffusionGenerator
+    from privevo.actors.generators.base import GeneratorContext, SampleBatch
+    from privevo.actors.generators.diffusion import DiffusionGenerator
 
     path = build_tiny_ddim(tmp_path / "ddim", num_classes=3)
     context = GeneratorContext(modality="image", sample_shape=(16, 16, 3), max_value=255.0, labels=(0, 1, 2),
@@ -78,8 +78,8 @@ def test_gpu_diffusion_is_reproducible_and_in_range(tmp_path, dtype):
 def test_gpu_actor_meter_measures_busy_gpu_seconds(tmp_path):
     """A generator actor on a GPU integrates NVML utilisation over its calls (the run's GPU metering)."""
     pytest.importorskip("pynvml")
-    from actors.generators.base import GeneratorContext
-    from actors.generators.worker import GeneratorWorker
+    from privevo.actors.generators.base import GeneratorContext
+    from privevo.actors.generators.worker import GeneratorWorker
     from tiny_diffusion import build_tiny_ddim
 
     path = build_tiny_ddim(tmp_path / "ddim", num_classes=3, image_size=32)

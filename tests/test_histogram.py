@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.knn import exact_knn
-from pipelines.histogram import (
+from privevo.actors.knn import exact_knn
+from privevo.pipelines.histogram import (
     degree_schedule,
     select_parents,
     sensitivity,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from actors.knn import BACKENDS, exact_knn
+from privevo.actors.knn import BACKENDS, exact_knn
 
 
 def brute_force(queries, database, k):
@@ -37,7 +37,7 @@ def test_refuses_k_larger_than_database():
 @pytest.mark.parametrize("chunks", [(8192, 65536), (7, 11), (5, 2)])
 def test_device_search_matches_brute_force(chunks):
     """The GPU code path (torch on a device, running top-k kept there), run here on the CPU device."""
-    from actors.knn import torch_device_knn
+    from privevo.actors.knn import torch_device_knn
 
     rng = np.random.default_rng(5)
     queries = rng.normal(size=(41, 12)).astype(np.float32)

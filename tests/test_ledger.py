@@ -19,12 +19,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines import files
-from pipelines.files import RunLock, RunLockedError, create_bytes_atomic
-from pipelines.privacy import ledger as ledger_module
-from pipelines.privacy.accounting import epsilon_spent
-from pipelines.privacy.ledger import PrivacyLedger, ReleaseRecord
-from pipelines.privacy.mechanism import (
+from privevo.pipelines import files
+from privevo.pipelines.files import RunLock, RunLockedError, create_bytes_atomic
+from privevo.pipelines.privacy import ledger as ledger_module
+from privevo.pipelines.privacy.accounting import epsilon_spent
+from privevo.pipelines.privacy.ledger import PrivacyLedger, ReleaseRecord
+from privevo.pipelines.privacy.mechanism import (
     NOISE_SOURCE_SECURE,
     NOISE_SOURCE_SEEDED,
     GaussianMechanism,
@@ -750,7 +750,7 @@ def test_privacy_core_imports_neither_ray_nor_torch() -> None:
 
 _TRY_LOCK = """
 import sys
-from pipelines.files import RunLock, RunLockedError
+from privevo.pipelines.files import RunLock, RunLockedError
 try:
     with RunLock(sys.argv[1]):
         print("acquired")

@@ -22,8 +22,8 @@ import pytest
 from pydantic import ValidationError
 from tiny_llm import build_tiny_causal_lm
 
-from actors.generators.base import GeneratorContext, SampleBatch
-from actors.generators.llm import (
+from privevo.actors.generators.base import GeneratorContext, SampleBatch
+from privevo.actors.generators.llm import (
     VLLM_GENERATE_KWARGS,
     LLMGenerator,
     Options,
@@ -110,7 +110,7 @@ def test_options_refuse_unknown_fields_and_bad_templates(tiny_model):
 def test_import_and_validation_load_no_model_library(tiny_model):
     code = (
         "import sys\n"
-        "from actors.generators.worker import validate_generator_options\n"
+        "from privevo.actors.generators.worker import validate_generator_options\n"
         f"validate_generator_options('llm', {{'model_path': {tiny_model!r}, 'backend': 'vllm'}})\n"
         "heavy = [m for m in ('torch', 'transformers', 'vllm') if m in sys.modules]\n"
         "assert not heavy, heavy\n"

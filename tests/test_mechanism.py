@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pipelines.privacy import mechanism
-from pipelines.privacy.mechanism import (
+from privevo.pipelines.privacy import mechanism
+from privevo.pipelines.privacy.mechanism import (
     NOISE_SOURCE_SECURE,
     NOISE_SOURCE_SEEDED,
     NOISE_SOURCES,

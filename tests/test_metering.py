@@ -7,12 +7,12 @@ import types
 import pytest
 from conftest import small_config
 
-from pipelines.gpu_utilization import (
+from privevo.pipelines.gpu_utilization import (
     UtilizationSampler,
     integrate_utilization,
     nvml_reader,
 )
-from pipelines.metering import (
+from privevo.pipelines.metering import (
     DRIVER_STAGES,
     ActorMeter,
     ActorUsage,
@@ -224,9 +224,9 @@ def test_generation_meter_refuses_unknown_stages_and_times_known_ones():
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings("ignore::pipelines.privacy.InsecureNoiseWarning")
+@pytest.mark.filterwarnings("ignore::privevo.pipelines.privacy.InsecureNoiseWarning")
 def test_report_metering_adds_up_on_a_real_run(tmp_path, ray_session):
-    from pipelines.evolution import synthesize
+    from privevo.pipelines.evolution import synthesize
 
     config = small_config()
     result = synthesize(config, tmp_path / "run", insecure_noise_seed=3)

@@ -12,12 +12,12 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from actors.paradigms import PARADIGMS
-from actors.paradigms.coreset import select
-from actors.paradigms.distill import initial_images
-from actors.training.batched import BatchedModel
-from actors.training.models import TrainSpec
-from actors.training.train import train_batched
+from privevo.actors.paradigms import PARADIGMS
+from privevo.actors.paradigms.coreset import select
+from privevo.actors.paradigms.distill import initial_images
+from privevo.actors.training.batched import BatchedModel
+from privevo.actors.training.models import TrainSpec
+from privevo.actors.training.train import train_batched
 
 N_CLASSES = 10
 
@@ -233,7 +233,7 @@ def test_distill_noise_and_public_init_read_no_private_pixel(digits):
         assert not any((private == img).all(1).any() for img in a.reshape(-1, 64).numpy())
     # ... while the matching step does read the private set
     opts = PARADIGMS["distill"].Options(init="noise", ipc=3, iterations=5, embed_width=32)
-    from actors.paradigms.distill import distill
+    from privevo.actors.paradigms.distill import distill
 
     assert not torch.equal(distill(x, y, w, [1, 2], opts, N_CLASSES), distill(x2, y, w, [1, 2], opts, N_CLASSES))
 

@@ -6,12 +6,12 @@ import textwrap
 
 import pytest
 
-from actors import plugins
+from privevo.actors import plugins
 from conftest import small_config
-from pipelines.config import ConfigError
-from pipelines.evolution import synthesize
+from privevo.pipelines.config import ConfigError
+from privevo.pipelines.evolution import synthesize
 
-pytestmark = pytest.mark.filterwarnings("ignore::pipelines.privacy.InsecureNoiseWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::privevo.pipelines.privacy.InsecureNoiseWarning")
 
 PLUGIN = '''
 """Blobs: a tiny generator plugin (one Gaussian blob per image, its centre the parameters)."""
@@ -19,7 +19,7 @@ PLUGIN = '''
 import numpy as np
 from pydantic import BaseModel
 
-from actors.generators.base import SampleBatch
+from privevo.actors.generators.base import SampleBatch
 
 
 class Options(BaseModel, extra="forbid"):

@@ -21,10 +21,10 @@ import pytest
 from sklearn.datasets import load_digits
 
 from conftest import small_config
-from pipelines.cli import main
-from pipelines.config import ConfigError
-from pipelines.evolution import DATASET_FILE, synthesize
-from pipelines.report import SIDE_CHANNEL_FILES, strip_side_channels
+from privevo.pipelines.cli import main
+from privevo.pipelines.config import ConfigError
+from privevo.pipelines.evolution import DATASET_FILE, synthesize
+from privevo.pipelines.report import SIDE_CHANNEL_FILES, strip_side_channels
 
 pytestmark = pytest.mark.slow
 CLASS_NAMES = "[" + ",".join(f"'{i}'" for i in range(10)) + "]"
@@ -122,7 +122,7 @@ def test_rebuild_refuses_a_run_that_is_not_finished(private_run, tmp_path):
     lines = (partial / "ledger.jsonl").read_text().splitlines(keepends=True)
     (partial / "ledger.jsonl").write_text(lines[0])
     with pytest.raises(ConfigError) as info:
-        from pipelines.evolution import rebuild
+        from privevo.pipelines.evolution import rebuild
 
         rebuild(partial, tmp_path / "out")
     assert info.value.field == "ledger.jsonl"
@@ -166,7 +166,7 @@ def test_neighbour_added_to_a_file_whose_heldout_part_is_split_off(tmp_path, ray
     """Held-out records split off the private file by a per-record hash: one added record
     moves no other record between the sides, so the evaluation (on the declared public
     side) and every other output stay the same."""
-    from pipelines.data import load_heldout
+    from privevo.pipelines.data import load_heldout
 
     rows = np.arange(0, 700)
     source = write_npz(tmp_path / "all.npz", digits_arrays(rows))

@@ -5,11 +5,11 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from actors.knn import exact_knn
-from actors.voter import VoterShard, vote_peak_bytes
-from pipelines.embed_store import write_store, write_unit
-from pipelines.engines import merge_vote_counts
-from pipelines.histogram import vote_counts
+from privevo.actors.knn import exact_knn
+from privevo.actors.voter import VoterShard, vote_peak_bytes
+from privevo.pipelines.embed_store import write_store, write_unit
+from privevo.pipelines.engines import merge_vote_counts
+from privevo.pipelines.histogram import vote_counts
 
 
 def vector_store(path, sizes, dim, seed=0):

@@ -7,8 +7,8 @@ import pickle
 import numpy as np
 import pytest
 
-from actors.generators.base import SampleBatch
-from actors.generators.simulator import (
+from privevo.actors.generators.base import SampleBatch
+from privevo.actors.generators.simulator import (
     HAND_STYLES,
     PARAM_SPECS,
     DigitSimulator,
@@ -233,7 +233,7 @@ def test_simulated_digits_look_like_their_labels(sim: DigitSimulator) -> None:
 
 def test_parents_gathered_from_earlier_outputs_equal_the_parents_themselves(sim: DigitSimulator) -> None:
     """The driver names parents by their rows in the calls that made them; the worker gathers them."""
-    from actors.generators.worker import gather_rows
+    from privevo.actors.generators.worker import gather_rows
 
     outputs = [sim.random(np.repeat(np.arange(10), n), seed) for n, seed in ((3, 1), (5, 2), (2, 3))]
     population = SampleBatch.concat(outputs)

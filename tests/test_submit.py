@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import submit as jobs
-from pipelines.cli import main
-from pipelines.config import ConfigError
+from privevo.pipelines import submit as jobs
+from privevo.pipelines.cli import main
+from privevo.pipelines.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["generations=2", "population.per_class=30", "population.final_per_class=40"]
@@ -315,7 +315,7 @@ def privevo(*args: str, env: dict[str, str] | None = None, unset: tuple[str, ...
     """Run the privevo CLI as a user would, from the project root (``unset``: variables to drop)."""
     full = {k: v for k, v in os.environ.items() if k not in unset}
     full.update(env or {})
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "privevo.pipelines.cli", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env=full, check=False)
 
 

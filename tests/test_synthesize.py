@@ -8,11 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import small_config
-from pipelines.config import ConfigError
-from pipelines.evolution import Synthesis, derive_seed, synthesize
-from pipelines.privacy import PrivacyLedger, epsilon_closed_form, seeded_noise
+from privevo.pipelines.config import ConfigError
+from privevo.pipelines.evolution import Synthesis, derive_seed, synthesize
+from privevo.pipelines.privacy import PrivacyLedger, epsilon_closed_form, seeded_noise
 
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::pipelines.privacy.InsecureNoiseWarning")]
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::privevo.pipelines.privacy.InsecureNoiseWarning")]
 NOISE_SEED = 1234
 
 
@@ -76,7 +76,7 @@ def test_report_states_the_privacy_guarantee(reference_run):
 
 def test_estimated_class_sizes_come_from_the_releases(reference_run):
     """Class sizes are estimated from the noisy releases (post-processing), close to the truth."""
-    from pipelines.data import load_private
+    from privevo.pipelines.data import load_private
 
     estimates = reference_run.report["privacy"]["estimated_class_sizes"]
     truth = np.bincount(load_private(small_config().data).labels, minlength=10)
@@ -87,7 +87,7 @@ def test_estimated_class_sizes_come_from_the_releases(reference_run):
 
 def forbid_draws_up_to(monkeypatch, last: int) -> None:
     """Fail the test if a release for a generation <= ``last`` is drawn."""
-    from pipelines.evolution import LedgerReleases
+    from privevo.pipelines.evolution import LedgerReleases
 
     draw = LedgerReleases._draw
 
@@ -191,7 +191,7 @@ def test_a_crash_after_the_final_checkpoint_resumes_to_the_report(reference_run,
 
 
 def test_one_run_directory_has_one_writer(reference_run):
-    from pipelines.files import RunLock
+    from privevo.pipelines.files import RunLock
 
     with RunLock(reference_run.run_dir):
         with pytest.raises(ConfigError) as info:
@@ -293,8 +293,8 @@ def private_needles(config, counts: list[np.ndarray]) -> dict[str, list[np.ndarr
     """Every form private information could take in an output: the vote counts (integer and
     weighted 1/sqrt(k)), the private records (raw and scaled to [0, 1] and to 0..255), their
     embeddings. Constant vectors are left out (a run of equal labels would match them)."""
-    from actors.embedders import make_embedder
-    from pipelines.data import load_private
+    from privevo.actors.embedders import make_embedder
+    from privevo.pipelines.data import load_private
 
     per_class, k = config.population.per_class, config.vote.k
     segments = [c[i * per_class:(i + 1) * per_class] for c in counts for i in range(10)]
@@ -315,7 +315,7 @@ def private_needles(config, counts: list[np.ndarray]) -> dict[str, list[np.ndarr
 def test_every_class_segment_of_the_vote_holds_exactly_its_records_votes(reference_run):
     """Vote mass end to end: class c's counts sum to k n_c (weighted: sqrt(k) n_c), so a double
     count, a dropped shard or a vote in the wrong class fails."""
-    from pipelines.data import load_private
+    from privevo.pipelines.data import load_private
 
     config = small_config()
     n_c = np.bincount(load_private(config.data).labels, minlength=10)
@@ -326,7 +326,7 @@ def test_every_class_segment_of_the_vote_holds_exactly_its_records_votes(referen
 
 
 def test_vote_mass_with_shards_that_split_every_class(tmp_path, ray_session):
-    from pipelines.data import load_private
+    from privevo.pipelines.data import load_private
 
     config = small_config(**{"resources.voter_split": "samples", "resources.voter_shards": 2, "generations": 1})
     result = synthesize(config, tmp_path / "run", insecure_noise_seed=NOISE_SEED)
@@ -379,7 +379,7 @@ def test_unseeded_runs_draw_different_releases(tmp_path, ray_session):
 def test_the_insecure_noise_seed_warns_and_labels_the_run(tmp_path, ray_session, monkeypatch, capsys):
     import yaml
 
-    from pipelines.cli import main
+    from privevo.pipelines.cli import main
 
     config_path = tmp_path / "c.yaml"
     config_path.write_text(yaml.safe_dump(small_config(generations=1).model_dump(mode="json")))

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from actors.training.accounting import (
+from privevo.actors.training.accounting import (
     DPSGDAccountant,
     dpsgd_epsilon,
     dpsgd_noise_multiplier,
 )
-from actors.training.augment import shift_images, shift_queries
-from actors.training.dpsgd import (
+from privevo.actors.training.augment import shift_images, shift_queries
+from privevo.actors.training.dpsgd import (
     add_noise_and_average,
     clip_per_example_grads,
     clipped_grad_sum,
@@ -22,8 +22,8 @@ from actors.training.dpsgd import (
     per_example_grads,
     train_batched_dpsgd,
 )
-from actors.training.models import TrainSpec, build_template, init_params
-from actors.training.train import train_batched
+from privevo.actors.training.models import TrainSpec, build_template, init_params
+from privevo.actors.training.train import train_batched
 
 
 @pytest.fixture(scope="module")

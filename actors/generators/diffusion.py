@@ -47,7 +47,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from actors.generators.base import GeneratorContext, SampleBatch
+from privevo.actors.generators.base import GeneratorContext, SampleBatch
 
 __all__ = ["DiffusionGenerator", "Options", "steps_for_degree"]
 

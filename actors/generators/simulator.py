@@ -42,8 +42,8 @@ import numpy as np
 from pydantic import BaseModel, Field
 from scipy.special import ndtr, ndtri
 
-from actors.generators.base import SampleBatch
-from actors.generators.digit_glyphs import (
+from privevo.actors.generators.base import SampleBatch
+from privevo.actors.generators.digit_glyphs import (
     FIELD_PPU,
     FIELD_RANGE,
     FIELD_SIZE,

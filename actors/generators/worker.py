@@ -12,13 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from actors.generators.base import Generator, GeneratorContext, SampleBatch
-from actors.threads import limit_threads
-from pipelines.metering import ActorMeter
+from privevo.actors.generators.base import Generator, GeneratorContext, SampleBatch
+from privevo.actors.threads import limit_threads
+from privevo.pipelines.metering import ActorMeter
 
 def generator_class(kind: str) -> type:
     """The generator class of ``kind``, among the installed ``privevo.generators`` plugins."""
-    from actors import plugins
+    from privevo.actors import plugins
 
     return plugins.load("generator", kind)
 

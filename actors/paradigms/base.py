@@ -24,10 +24,10 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torch.func import functional_call, vmap
 
-from actors.training.batched import BatchedModel
-from actors.training.models import TrainSpec, build_template, example_shape
-from actors.training.seeding import derived_generator
-from actors.training.train import train_batched
+from privevo.actors.training.batched import BatchedModel
+from privevo.actors.training.models import TrainSpec, build_template, example_shape
+from privevo.actors.training.seeding import derived_generator
+from privevo.actors.training.train import train_batched
 
 __all__ = [
     "Paradigm",

@@ -36,9 +36,9 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from actors.threads import torch_threads
-from actors.training.models import TrainSpec, build_template
-from actors.training.train import train_batched
+from privevo.actors.threads import torch_threads
+from privevo.actors.training.models import TrainSpec, build_template
+from privevo.actors.training.train import train_batched
 
 from .base import (
     Paradigm,

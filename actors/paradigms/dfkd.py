@@ -44,10 +44,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from actors.threads import torch_threads
-from actors.training.batched import BatchedModel
-from actors.training.models import TrainSpec, build_template
-from actors.training.train import train_batched
+from privevo.actors.threads import torch_threads
+from privevo.actors.training.batched import BatchedModel
+from privevo.actors.training.models import TrainSpec, build_template
+from privevo.actors.training.train import train_batched
 
 from .base import (
     Paradigm,

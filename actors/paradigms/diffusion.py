@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from actors.threads import torch_threads
-from actors.training.models import TrainSpec
+from privevo.actors.threads import torch_threads
+from privevo.actors.training.models import TrainSpec
 
 from .base import (
     Paradigm,

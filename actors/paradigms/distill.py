@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from actors.threads import torch_threads
-from actors.training.models import TrainSpec, init_params
+from privevo.actors.threads import torch_threads
+from privevo.actors.training.models import TrainSpec, init_params
 
 from .base import (
     Paradigm,

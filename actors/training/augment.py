@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from actors.training.models import TrainSpec
+from privevo.actors.training.models import TrainSpec
 
 __all__ = ["apply_shifts", "draw_shifts", "shift_images", "shift_queries"]
 

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from actors.threads import torch_threads
-from actors.training.augment import shift_images, shift_queries
-from actors.training.models import TrainSpec, build_template, example_shape, init_params
+from privevo.actors.threads import torch_threads
+from privevo.actors.training.augment import shift_images, shift_queries
+from privevo.actors.training.models import TrainSpec, build_template, example_shape, init_params
 
 __all__ = ["BatchedModel", "RunBatch", "StackedOptimizer", "prepare_runs"]
 

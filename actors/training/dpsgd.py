@@ -23,17 +23,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import grad, vmap
 
-from actors.threads import torch_threads
-from actors.training.accounting import DPSGDAccountant
-from actors.training.augment import apply_shifts, draw_shifts
-from actors.training.batched import (
+from privevo.actors.threads import torch_threads
+from privevo.actors.training.accounting import DPSGDAccountant
+from privevo.actors.training.augment import apply_shifts, draw_shifts
+from privevo.actors.training.batched import (
     BatchedModel,
     RunBatch,
     StackedOptimizer,
     prepare_runs,
 )
-from actors.training.models import MLP, TrainSpec, functional_model
-from actors.training.seeding import AUGMENT, NOISE, SAMPLE, derived_generator
+from privevo.actors.training.models import MLP, TrainSpec, functional_model
+from privevo.actors.training.seeding import AUGMENT, NOISE, SAMPLE, derived_generator
 
 __all__ = [
     "Lot",

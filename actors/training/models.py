@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from actors.training.seeding import INIT, derived_generator
+from privevo.actors.training.seeding import INIT, derived_generator
 
 __all__ = [
     "CNN",

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch.func import grad, vmap
 
-from actors.threads import torch_threads
-from actors.training.augment import apply_shifts, draw_shifts
-from actors.training.batched import BatchedModel, StackedOptimizer, prepare_runs
-from actors.training.models import TrainSpec, functional_model
-from actors.training.seeding import AUGMENT, ORDER, derived_generator
+from privevo.actors.threads import torch_threads
+from privevo.actors.training.augment import apply_shifts, draw_shifts
+from privevo.actors.training.batched import BatchedModel, StackedOptimizer, prepare_runs
+from privevo.actors.training.models import TrainSpec, functional_model
+from privevo.actors.training.seeding import AUGMENT, ORDER, derived_generator
 
 __all__ = ["train_batched"]
 

@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipelines.audit.config import AuditConfig, ParadigmConfig
-from pipelines.audit.data import AuditData, paradigm_membership, prepare_data, run_seed
-from pipelines.files import atomic_open
+from privevo.pipelines.audit.config import AuditConfig, ParadigmConfig
+from privevo.pipelines.audit.data import AuditData, paradigm_membership, prepare_data, run_seed
+from privevo.pipelines.files import atomic_open
 
 __all__ = ["Chunk", "ChunkTrainer", "Trained", "synthetic_level", "train_chunk", "train_spec", "write_npz_atomic"]
 
@@ -63,7 +63,7 @@ class ChunkTrainer(Protocol):
 def train_spec(config: AuditConfig, paradigm: ParadigmConfig) -> Any:
     """The ``TrainSpec`` of a paradigm's final classifier: ``training`` with the paradigm's
     overrides (epochs, batch size, learning rate, momentum)."""
-    from actors.training.models import TrainSpec
+    from privevo.actors.training.models import TrainSpec
 
     t = config.training
 
@@ -82,7 +82,7 @@ def train_chunk(config_json: dict[str, Any], index: int, runs: list[int], out_di
     """Train runs ``runs`` of paradigm ``index`` with ``trainer`` (the paradigm's registry entry,
     resolved by the driver) as one batched model, score every canary and write
     ``runs/<paradigm>/chunk-<first>-<last>.npz`` atomically. Returns its path."""
-    from pipelines.audit.lira import logit_confidence
+    from privevo.pipelines.audit.lira import logit_confidence
 
     t0 = time.perf_counter()
     config = AuditConfig.model_validate(config_json)
@@ -131,7 +131,7 @@ def synthetic_level(data: AuditData, x_syn: np.ndarray, y_syn: np.ndarray, owner
                     n_runs: int) -> dict[str, np.ndarray]:
     """Synthetic-data-level scores of every canary in each run's synthetic set (rows of run j:
     ``owner == j``): distance to the nearest synthetic sample and a density ratio, (R, C) each."""
-    from pipelines.audit.levels import synthetic_scores
+    from privevo.pipelines.audit.levels import synthetic_scores
 
     dist = np.zeros((n_runs, data.n_canaries))
     dens = np.zeros((n_runs, data.n_canaries))

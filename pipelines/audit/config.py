@@ -87,7 +87,7 @@ class ParadigmConfig(_Strict):
     def _dp_needs_epsilon(self) -> ParadigmConfig:
         if self.kind in ("dpsgd", "pe") and self.epsilon is None:
             raise ValueError(f"epsilon: required for kind {self.kind!r}")
-        from actors import plugins
+        from privevo.actors import plugins
 
         if self.kind not in AUDIT_KINDS and self.kind not in plugins.kinds("paradigm"):
             raise ValueError(f"kind: unknown paradigm {self.kind!r}; known: {', '.join(AUDIT_KINDS)}, "

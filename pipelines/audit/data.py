@@ -11,15 +11,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines.audit.canaries import (
+from privevo.pipelines.audit.canaries import (
     choose_canaries,
     iid_membership,
     mislabel,
     ood_images,
     paired_membership,
 )
-from pipelines.audit.config import AuditConfig, ParadigmConfig
-from pipelines.data import load_heldout, load_private
+from privevo.pipelines.audit.config import AuditConfig, ParadigmConfig
+from privevo.pipelines.data import load_heldout, load_private
 
 __all__ = [
     "N_CLASSES",
@@ -105,7 +105,7 @@ def public_digits(seed: int, per_class: int = 50) -> tuple[np.ndarray, np.ndarra
 
     It is drawn from the simulator alone (fonts and strokes), so it carries no private information.
     """
-    from actors.generators.simulator import DigitSimulator
+    from privevo.actors.generators.simulator import DigitSimulator
 
     labels = np.repeat(np.arange(N_CLASSES), per_class)
     batch = DigitSimulator().random(labels, seed)

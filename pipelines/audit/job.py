@@ -40,24 +40,24 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from pipelines.audit.config import AuditConfig
-from pipelines.audit.paradigms import audit_paradigm, check_paradigms
-from pipelines.audit.reduce import reduce_audit, summary_table
-from pipelines.audit.schedule import (
+from privevo.pipelines.audit.config import AuditConfig
+from privevo.pipelines.audit.paradigms import audit_paradigm, check_paradigms
+from privevo.pipelines.audit.reduce import reduce_audit, summary_table
+from privevo.pipelines.audit.schedule import (
     check_resume,
     nested_concurrency,
     prepare_directory,
     run_chunks,
 )
-from pipelines.config import ConfigError, apply_overrides
-from pipelines.files import write_json_atomic
+from privevo.pipelines.config import ConfigError, apply_overrides
+from privevo.pipelines.files import write_json_atomic
 
 __all__ = ["AuditConfig", "load_audit_config", "run_audit", "summary_table"]
 
 
 def load_audit_config(path: str | Path, overrides: list[str] | None = None) -> AuditConfig:
     """Read and validate an audit config; errors name the file and field."""
-    from pipelines.config import parse_error
+    from privevo.pipelines.config import parse_error
 
     source = str(path)
     try:
@@ -85,7 +85,7 @@ def run_audit(config: AuditConfig, out_dir: Path, *, source: str = "config", pro
     """
     import ray
 
-    from pipelines.ray_session import ensure_ray
+    from privevo.pipelines.ray_session import ensure_ray
 
     options = check_paradigms(config, source)
     out_dir = Path(out_dir)

@@ -60,8 +60,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import sparse
 
-from actors.knn import exact_knn
-from pipelines.histogram import vote_weight
+from privevo.actors.knn import exact_knn
+from privevo.pipelines.histogram import vote_weight
 
 __all__ = [
     "exclusive_votes",

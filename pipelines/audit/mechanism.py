@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from pipelines.privacy import epsilon_closed_form
+from privevo.pipelines.privacy import epsilon_closed_form
 
 __all__ = [
     "discrete_gaussian_group_epsilon",

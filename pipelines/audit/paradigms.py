@@ -19,10 +19,10 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import ValidationError
 
-from pipelines.audit.chunks import Chunk, Trained, synthetic_level
-from pipelines.audit.config import AuditConfig
-from pipelines.audit.data import N_CLASSES, pe_seed, public_digits
-from pipelines.config import ConfigError, parse_error
+from privevo.pipelines.audit.chunks import Chunk, Trained, synthetic_level
+from privevo.pipelines.audit.config import AuditConfig
+from privevo.pipelines.audit.data import N_CLASSES, pe_seed, public_digits
+from privevo.pipelines.config import ConfigError, parse_error
 
 __all__ = [
     "BUILT_IN",
@@ -70,7 +70,7 @@ class PlainTraining(AuditParadigm):
     kind = "none"
 
     def train(self, chunk: Chunk) -> Trained:
-        from actors.training.train import train_batched
+        from privevo.actors.training.train import train_batched
 
         data = chunk.data
         return Trained(train_batched(data.x, data.y, chunk.weights, chunk.spec, chunk.seeds, n_classes=N_CLASSES))
@@ -86,8 +86,8 @@ class DPSGDTraining(AuditParadigm):
     kind = "dpsgd"
 
     def train(self, chunk: Chunk) -> Trained:
-        from actors.training.accounting import dpsgd_epsilon, dpsgd_noise_multiplier
-        from actors.training.dpsgd import dpsgd_steps, train_batched_dpsgd
+        from privevo.actors.training.accounting import dpsgd_epsilon, dpsgd_noise_multiplier
+        from privevo.actors.training.dpsgd import dpsgd_steps, train_batched_dpsgd
 
         config, data, spec, paradigm = chunk.config, chunk.data, chunk.spec, chunk.paradigm
         # the expected private-set size of a run, from the config alone (the same for every chunk)
@@ -102,7 +102,7 @@ class DPSGDTraining(AuditParadigm):
         accounted = dpsgd_epsilon(sigma, sample_rate, steps, config.delta)
         extra: dict[str, np.ndarray] = {}
         if data.repeat > 1:  # a canary is a group of `repeat` records: the group guarantee
-            from pipelines.audit.mechanism import group_epsilon
+            from privevo.pipelines.audit.mechanism import group_epsilon
 
             group = group_epsilon(lambda d: dpsgd_epsilon(sigma, sample_rate, steps, d), data.repeat, config.delta)
             extra["group_epsilon"] = np.full(len(chunk.runs), np.nan if group is None else group)
@@ -117,16 +117,16 @@ class PETraining(AuditParadigm):
     nested_ray = True
 
     def check(self, config: AuditConfig, index: int, source: str) -> Any:
-        from pipelines.audit.pe_runs import pe_overrides
-        from pipelines.config import load_config
+        from privevo.pipelines.audit.pe_runs import pe_overrides
+        from privevo.pipelines.config import load_config
 
         p = config.paradigms[index]
         load_config(p.synthesize, pe_overrides(p, config, seed=0, data_path=None))
         return None
 
     def train(self, chunk: Chunk) -> Trained:
-        from actors.training.train import train_batched
-        from pipelines.audit.pe_runs import run_pe_chunk
+        from privevo.actors.training.train import train_batched
+        from privevo.pipelines.audit.pe_runs import run_pe_chunk
 
         x_syn, y_syn, owner, accounted, extra = run_pe_chunk(chunk)
         mask = (owner[None, :] == np.arange(len(chunk.runs))[:, None]).astype(np.float32)
@@ -137,7 +137,7 @@ class PETraining(AuditParadigm):
         """The cluster's CPUs (and GPUs) over what one PE run holds (its generator and voter
         actors, plus the task of its baselines). A local Ray instance too small for one PE run
         is refused (a cluster given by RAY_ADDRESS may scale up)."""
-        from pipelines.audit.pe_runs import pe_run_resources
+        from privevo.pipelines.audit.pe_runs import pe_run_resources
 
         limit = None
         for kind, amount in pe_run_resources(config, config.paradigms[index]).items():
@@ -191,7 +191,7 @@ BUILT_IN: dict[str, AuditParadigm] = {p.kind: p for p in (PlainTraining(), DPSGD
 def audit_paradigm(kind: str, source: str = "config", index: int | None = None) -> AuditParadigm:
     """The registry entry of ``kind``: a built-in, or the installed ``privevo.paradigms`` plugin of
     that name. One that is not installed raises ConfigError naming ``paradigms.<index>.kind``."""
-    from actors import plugins
+    from privevo.actors import plugins
 
     if kind in BUILT_IN:
         return BUILT_IN[kind]

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.audit.chunks import Chunk, synthetic_level, write_npz_atomic
-from pipelines.audit.config import AuditConfig, ParadigmConfig
-from pipelines.audit.data import N_CLASSES, AuditData, digit_features, pe_seed
+from privevo.pipelines.audit.chunks import Chunk, synthetic_level, write_npz_atomic
+from privevo.pipelines.audit.config import AuditConfig, ParadigmConfig
+from privevo.pipelines.audit.data import N_CLASSES, AuditData, digit_features, pe_seed
 
 __all__ = ["ledger_parameters", "pe_overrides", "pe_run_resources", "run_pe_chunk"]
 
@@ -47,7 +47,7 @@ def pe_overrides(paradigm: ParadigmConfig, config: AuditConfig, seed: int, data_
 def pe_run_resources(config: AuditConfig, paradigm: ParadigmConfig) -> dict[str, float]:
     """What one PE run of ``paradigm`` holds while it runs: its generator and voter actors, plus
     the task of its baselines (CPUs and GPUs)."""
-    from pipelines.config import load_config
+    from privevo.pipelines.config import load_config
 
     pe = load_config(paradigm.synthesize, pe_overrides(paradigm, config, seed=0, data_path=None))
     res = pe.resources
@@ -61,9 +61,9 @@ def run_pe_chunk(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray, floa
     (secure) release noise. Returns the synthetic sets stacked with their owner run
     (x, y, owner), the accounted epsilon, and the mechanism- and synthetic-level scores of every
     canary (plus the group epsilon where canaries are duplicated)."""
-    from pipelines.config import load_config
-    from pipelines.data import read_synthetic
-    from pipelines.evolution import synthesize
+    from privevo.pipelines.config import load_config
+    from privevo.pipelines.data import read_synthetic
+    from privevo.pipelines.evolution import synthesize
 
     config, data, runs, paradigm = chunk.config, chunk.data, chunk.runs, chunk.paradigm
     folder = chunk.out / "private" / paradigm.key
@@ -182,7 +182,7 @@ def _group_epsilon(params: dict[str, Any], copies: int, delta: float) -> float:
     The discrete Gaussian on integer counts where the ledger records its scale (PLD accounting,
     ``copies`` added to the same k bins); else the Gaussian-DP closed form at ``copies * mu``,
     ``mu = sqrt(sum_t 1/sigma_t^2)`` (one record shifts a release by 1 in L2, vote units)."""
-    from pipelines.audit.mechanism import (
+    from privevo.pipelines.audit.mechanism import (
         discrete_gaussian_group_epsilon,
         gaussian_group_epsilon,
     )
@@ -202,10 +202,10 @@ def _mechanism_level(pe_config, run_dir: Path, data: AuditData, params: dict[str
     the ledger's sigmas and the vote weight 1/sqrt(k)) and ``mechanism_exclusive_fraction`` (the
     share of the canary's k votes per generation that fell on bins no other canary votes for).
     """
-    from actors.embedders import make_embedder
-    from pipelines.audit.levels import mechanism_shift, mechanism_statistic, vote_matrix
-    from pipelines.data import read_synthetic
-    from pipelines.privacy import PrivacyLedger
+    from privevo.actors.embedders import make_embedder
+    from privevo.pipelines.audit.levels import mechanism_shift, mechanism_statistic, vote_matrix
+    from privevo.pipelines.data import read_synthetic
+    from privevo.pipelines.privacy import PrivacyLedger
 
     T = pe_config.generations
     pops = [run_dir / "checkpoint" / f"population-{t}.parquet" for t in range(T)]

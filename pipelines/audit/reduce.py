@@ -25,11 +25,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.audit.config import AuditConfig
-from pipelines.audit.data import AuditData, paradigm_runs, prepare_data
-from pipelines.audit.levels import mechanism_llr
-from pipelines.audit.lira import lira_offline, lira_online
-from pipelines.audit.metrics import (
+from privevo.pipelines.audit.config import AuditConfig
+from privevo.pipelines.audit.data import AuditData, paradigm_runs, prepare_data
+from privevo.pipelines.audit.levels import mechanism_llr
+from privevo.pipelines.audit.lira import lira_offline, lira_online
+from privevo.pipelines.audit.metrics import (
     auc,
     bootstrap_tpr_at_fpr,
     epsilon_lower_bound,
@@ -39,9 +39,9 @@ from pipelines.audit.metrics import (
     roc,
     tpr_at_fpr,
 )
-from pipelines.audit.paradigms import AuditParadigm, audit_paradigm
-from pipelines.audit.plots import plot_roc, plot_tradeoff, plot_vulnerable
-from pipelines.files import write_json_atomic
+from privevo.pipelines.audit.paradigms import AuditParadigm, audit_paradigm
+from privevo.pipelines.audit.plots import plot_roc, plot_tradeoff, plot_vulnerable
+from privevo.pipelines.files import write_json_atomic
 
 __all__ = [
     "load_chunks",
@@ -137,7 +137,7 @@ def _public(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def _gaussian_epsilon_of_mu(mu: float, delta: float) -> float | None:
-    from pipelines.privacy import epsilon_closed_form
+    from privevo.pipelines.privacy import epsilon_closed_form
 
     if not np.isfinite(mu) or mu <= 0:
         return 0.0

@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 import yaml
 
-from pipelines.audit.canaries import paired_membership
-from pipelines.audit.chunks import train_chunk
-from pipelines.audit.config import AuditConfig
-from pipelines.audit.data import AuditData, paradigm_runs, prepare_data
-from pipelines.audit.paradigms import AuditParadigm
-from pipelines.config import ConfigError, config_differences
-from pipelines.files import write_text_atomic
+from privevo.pipelines.audit.canaries import paired_membership
+from privevo.pipelines.audit.chunks import train_chunk
+from privevo.pipelines.audit.config import AuditConfig
+from privevo.pipelines.audit.data import AuditData, paradigm_runs, prepare_data
+from privevo.pipelines.audit.paradigms import AuditParadigm
+from privevo.pipelines.config import ConfigError, config_differences
+from privevo.pipelines.files import write_text_atomic
 
 __all__ = [
     "RESUMABLE_CHANGES",

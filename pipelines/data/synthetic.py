@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipelines.files import atomic_open
+from privevo.pipelines.files import atomic_open
 
 
 def image_png(image: np.ndarray, max_value: float) -> bytes:

@@ -69,7 +69,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.files import create_bytes_atomic, fsync_dir
+from privevo.pipelines.files import create_bytes_atomic, fsync_dir
 
 from .accounting import DEFAULT_EPS_ERROR, EpsilonBound, epsilon_spent
 from .mechanism import MECHANISM, NOISE_SOURCES, positive_finite, positive_int
