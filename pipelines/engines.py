@@ -276,23 +276,22 @@ class ActorEngine:
                     refs.append(generator.shards.remote(call_items))
         parts = [_Part(ref, frozenset(item_labels[k] for k in g), sum(len(meta[k]) for k in g))
                  for ref, g in zip(refs, groups)]
-        made = _Made(population=None, parts=parts)  # type: ignore[arg-type]
+        vote = None
         if vote_for is not None and self.config.vote.lookahead == 0:
-            made.vote = self._vote_by_ref(parts, dict.fromkeys(self.labels, work.per_class), vote_for)
-            made.vote_for = vote_for
+            vote = self._vote_by_ref(parts, dict.fromkeys(self.labels, work.per_class), vote_for)
         outputs = self.ray.get(refs)
         # One output is used as it is (read-only, in the object store, which ``parts`` holds anyway).
         batch = outputs[0] if len(outputs) == 1 else SampleBatch.concat(outputs)
         n = len(batch)
-        made.population = Population(
+        population = Population(
             ids=work.generation * ID_STRIDE + np.arange(n, dtype=np.int64),
             parent_ids=np.concatenate(meta),
             generation=np.full(n, work.generation, dtype=np.int64),
             batch=batch,
         )
         if work.stage != PRIOR_BASELINE:
-            self._made = made
-        return made.population
+            self._made = _Made(population, parts, vote, vote_for if vote is not None else None)
+        return population
 
     def _sample_bytes(self) -> int:
         """Bytes of one synthetic sample in transit (float32 images; a generous guess for text)."""

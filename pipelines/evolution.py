@@ -256,15 +256,17 @@ class Synthesis:
             raise ValueError(f"{self.ledger.path}: releases {released} do not fit the checkpoint at generation {done}")
         evaluate = Evaluation(engine, self.heldout, cfg.evaluation.features, cfg.evaluation.classifier,
                               self.info.max_value)
+        def degree(t: int) -> float:
+            return float(self.degrees[t - 1])
+
         hooks = RunHooks(engine, generations=T, labels=self.labels, threshold=self.threshold, evaluate=evaluate,
                          every_generation=cfg.evaluation.every_generation, save=self._save_checkpoint,
-                         ledger_binding=self._ledger_binding, degree=lambda t: float(self.degrees[t - 1]),
-                         progress=progress, state=state, after_release=self.after_release)
-        hooks.wall0 = wall0
+                         ledger_binding=self._ledger_binding, degree=degree, progress=progress, state=state,
+                         wall0=wall0, after_release=self.after_release)
         releases = LedgerReleases(self.ledger, self.mechanism, self.threshold, self.insecure_noise_seed, hooks.timed)
         schedule = Schedule(
             generations=T, per_class=cfg.population.per_class, final_per_class=cfg.population.final_per_class,
-            degree=lambda t: float(self.degrees[t - 1]), final_degree=cfg.variation.final_degree,
+            degree=degree, final_degree=cfg.variation.final_degree,
             select=hooks.timed("select", parent_selector(cfg, self.labels, self.threshold)),
         )
         progress.advance(done)

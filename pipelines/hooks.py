@@ -181,7 +181,7 @@ class RunHooks:
                  evaluate: Evaluation, every_generation: bool,
                  save: Callable[[Population, dict[str, Any]], None], ledger_binding: Callable[[int], dict[str, Any]],
                  degree: Callable[[int], float], progress: Progress, state: dict[str, Any] | None,
-                 after_release: Callable[[int], None] | None = None) -> None:
+                 wall0: float, after_release: Callable[[int], None] | None = None) -> None:
         self.engine, self.T, self.evaluate, self.every_generation = engine, generations, evaluate, every_generation
         self.labels, self.threshold = labels, threshold
         self.save, self.ledger_binding, self.degree = save, ledger_binding, degree
@@ -189,7 +189,7 @@ class RunHooks:
         self.writer = CheckpointWriter(save)
         self.state = state  # the run state so far (None before S_0)
         self.elapsed_before = 0.0 if state is None else state["elapsed_seconds"]
-        self.wall0 = time.perf_counter()
+        self.wall0 = wall0  # when this process's part of the run began (perf_counter)
         # The last generation's population, state and metering, awaiting its checkpoint.
         self.unsaved: tuple[Population, dict[str, Any], _OpenMetering] | None = None
         self._ahead: dict[int, list[tuple[int, dict[str, Any]]]] = {}  # actors' work done ahead, by generation
@@ -231,8 +231,7 @@ class RunHooks:
         final = t == self.T
         record: dict[str, Any] = {"generation": t, "samples": len(population)}
         if t > 0:
-            record = {"generation": t, "degree": self.degree(t), "samples": len(population),
-                      "positive_bins_per_class": self._positive_bins(histogram)}
+            record.update(degree=self.degree(t), positive_bins_per_class=self._positive_bins(histogram))
         if t == 0 or self.every_generation or final:
             with self.stage("evaluate"):
                 record.update(self.evaluate(population.batch.samples, population.batch.labels))
