@@ -2,7 +2,9 @@
 
 import subprocess
 import sys
-import textwrap
+import runpy
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -13,67 +15,18 @@ from privevo.pipelines.evolution import synthesize
 
 pytestmark = pytest.mark.filterwarnings("ignore::privevo.pipelines.privacy.InsecureNoiseWarning")
 
-PLUGIN = '''
-"""Blobs: a tiny generator plugin (one Gaussian blob per image, its centre the parameters)."""
-
-import numpy as np
-from pydantic import BaseModel
-
-from privevo.actors.generators.base import SampleBatch
-
-
-class Options(BaseModel, extra="forbid"):
-    width: float = 1.5
-
-
-class BlobGenerator:
-    modality = "image"
-    Options = Options
-
-    def __init__(self, options, context):
-        self.width = options.width
-        self.max_value = context.max_value
-        self.shape = context.sample_shape
-
-    def _draw(self, labels, centres):
-        y, x = np.mgrid[0:self.shape[0], 0:self.shape[1]]
-        d2 = (y[None] - centres[:, :1, None]) ** 2 + (x[None] - centres[:, 1:, None]) ** 2
-        images = (self.max_value * np.exp(-d2 / (2 * self.width ** 2))).astype(np.float32)
-        return SampleBatch(labels=np.asarray(labels), samples=images, params={"centre": centres})
-
-    def random(self, labels, seed):
-        rng = np.random.default_rng(seed)
-        return self._draw(labels, rng.uniform(0, self.shape[0] - 1, size=(len(labels), 2)))
-
-    def variation(self, parents, degree, seed):
-        rng = np.random.default_rng(seed)
-        centres = parents.params["centre"] + degree * rng.normal(size=parents.params["centre"].shape)
-        return self._draw(parents.labels, np.clip(centres, 0, self.shape[0] - 1))
-'''
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "blobs"
 
 
 @pytest.fixture(scope="module")
 def installed_plugin(tmp_path_factory):
-    """The plugin as a real distribution, installed (pip, offline) into a folder put on sys.path."""
+    """The example plugin (examples/blobs) as a real distribution, installed (pip, offline, its
+    dependencies are privevo's own) into a folder put on sys.path."""
     root = tmp_path_factory.mktemp("plugin")
-    package = root / "src" / "privevo_blobs"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text(textwrap.dedent(PLUGIN))
-    (root / "src" / "pyproject.toml").write_text(textwrap.dedent('''
-        [build-system]
-        requires = ["setuptools>=69"]
-        build-backend = "setuptools.build_meta"
-
-        [project]
-        name = "privevo-blobs"
-        version = "0.1.0"
-
-        [project.entry-points."privevo.generators"]
-        blobs = "privevo_blobs:BlobGenerator"
-    '''))
+    source = shutil.copytree(EXAMPLE, root / "src", ignore=shutil.ignore_patterns("build", "*.egg-info"))
     site = root / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(site), str(root / "src")], check=True)
+                    "--no-index", "--target", str(site), str(source)], check=True)
     sys.path.insert(0, str(site))
     plugins.refresh()
     yield site
@@ -108,3 +61,19 @@ def test_pe_runs_with_an_installed_plugin(installed_plugin, tmp_path):
     with pytest.raises(ConfigError) as info:
         synthesize(small_config(**{"generator.kind": "blobs", "generator.options": "{colour: red}"}), tmp_path / "bad")
     assert info.value.field == "generator.options.colour"
+
+
+@pytest.mark.slow
+def test_the_example_script_runs_pe_with_the_plugin(installed_plugin, tmp_path):
+    """examples/blobs/run.py, as a user runs it: the digits config with the kind swapped, Python API."""
+    example = runpy.run_path(str(EXAMPLE / "run.py"))
+    report = example["main"](str(tmp_path / "blobs"))
+    import yaml
+
+    recorded = yaml.safe_load((tmp_path / "blobs" / "config.yaml").read_text())
+    assert recorded["generator"] == {**recorded["generator"], "kind": "blobs", "options": {"width": 1.2}}
+    assert recorded["privacy"]["epsilon"] - 1e-3 < report["privacy"]["epsilon"] <= recorded["privacy"]["epsilon"]
+    import pyarrow.parquet as pq
+
+    centres = pq.read_table(tmp_path / "blobs" / "synthetic.parquet").column("param_centre").to_pylist()
+    assert all(0 <= c <= 7 for pair in centres for c in pair)  # clipped inside the 8x8 digits
