@@ -28,6 +28,7 @@ _API = {
     "synthesize": ("privevo.pipelines.evolution", "synthesize"),
     "rebuild": ("privevo.pipelines.evolution", "rebuild"),
     "RunResult": ("privevo.pipelines.evolution", "RunResult"),
+    "RunObserver": ("privevo.pipelines.hooks", "RunObserver"),
     "audit": ("privevo.pipelines.audit.job", "run_audit"),
     "load_audit_config": ("privevo.pipelines.audit.job", "load_audit_config"),
     "AuditConfig": ("privevo.pipelines.audit.config", "AuditConfig"),

@@ -127,7 +127,12 @@ def run(results_dir: Path, generations: int = 20, config_path: Path = DEMO,
 
     from privevo.pipelines.config import load_config
     from privevo.pipelines.evolution import synthesize
+    from privevo.pipelines.hooks import RunObserver
     from privevo.pipelines.ray_session import ensure_ray
+
+    class Sampler(RunObserver):
+        def released(self, generation: int) -> None:  # memory sampled once per generation
+            rows.append(measure(generation))
 
     if ray.is_initialized():
         raise RuntimeError("memory_growth measures the Ray instance it starts; call it with Ray not initialized")
@@ -137,7 +142,7 @@ def run(results_dir: Path, generations: int = 20, config_path: Path = DEMO,
     ensure_ray(config.resources.num_cpus)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            report = synthesize(config, Path(tmp) / "run", after_release=lambda t: rows.append(measure(t))).report
+            report = synthesize(config, Path(tmp) / "run", observer=Sampler()).report
     finally:
         ray.shutdown()
     for row in rows:

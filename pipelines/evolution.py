@@ -39,11 +39,20 @@ from privevo.pipelines.engines import n_voter_shards
 from privevo.pipelines.files import RunLock, RunLockedError
 from privevo.pipelines.files import write_json_atomic as _write_json_atomic
 from privevo.pipelines.histogram import degree_schedule, select_parents, threshold_counts
-from privevo.pipelines.hooks import Evaluation, MeteredEngine, Progress, RunHooks
+from privevo.pipelines.hooks import Evaluation, MeteredEngine, Progress, RunHooks, RunObserver
 from privevo.pipelines.metrics import private_reference_accuracy
 from privevo.pipelines.pe import Schedule, private_evolution
 from privevo.pipelines.population import Parents, Population
-from privevo.pipelines.privacy import GaussianMechanism, NoiseSource, PrivacyLedger, PrivacyPlan, secure_noise, seeded_noise
+from privevo.pipelines.privacy import (
+    GaussianMechanism,
+    NoiseSource,
+    PrivacyLedger,
+    PrivacyPlan,
+    calibration_eps_error,
+    secure_noise,
+    seeded_noise,
+)
+from privevo.pipelines.report import RunSummary, build_report, write_outputs
 
 __all__ = ["DATASET_FILE", "REBUILD_CHANGES", "RESUMABLE_CHANGES", "RunResult", "Synthesis", "check_config",
            "rebuild", "synthesize"]
@@ -60,9 +69,10 @@ class LedgerReleases:
     """Releases through the privacy ledger: drawn once, recorded (fsynced) before use, replayed after."""
 
     def __init__(self, ledger: PrivacyLedger, mechanism: GaussianMechanism, threshold: float,
-                 insecure_noise_seed: int | None, timed: Callable[[str, Callable], Callable]) -> None:
+                 insecure_noise_seed: int | None, timed: Callable[[str, Callable], Callable],
+                 observer: RunObserver) -> None:
         self.ledger, self.mechanism, self.threshold = ledger, mechanism, threshold
-        self.insecure_noise_seed = insecure_noise_seed
+        self.insecure_noise_seed, self.observer = insecure_noise_seed, observer
         self._recorded = set(ledger.generations())
         self.draw = timed("release", self._draw)
 
@@ -74,6 +84,7 @@ class LedgerReleases:
 
     def _draw(self, generation: int, counts: np.ndarray) -> np.ndarray:
         """Noise on the integer counts, ledger (fsynced), then hand back the noisy histogram."""
+        self.observer.drawing_release(generation)
         noise = noise_source(generation, self.insecure_noise_seed)
         mechanism = self.mechanism
         noisy = mechanism.release(counts, noise)
@@ -121,8 +132,7 @@ class Synthesis:
         *,
         insecure_noise_seed: int | None = None,
         progress: bool = False,
-        after_release: Callable[[int], None] | None = None,
-        on_actors: Callable[[ActorEngine], None] | None = None,
+        observer: RunObserver | None = None,
         keep_populations: bool = False,
         public_only: bool = False,
     ) -> None:
@@ -141,8 +151,7 @@ class Synthesis:
         self.checkpoint_dir = run_dir / "checkpoint"
         self.private_dir = run_dir / "private"  # owner-only; never a releasable output
         self.progress_enabled = progress
-        self.after_release = after_release
-        self.on_actors = on_actors  # test hook (fault injection): sees the run's engine once started
+        self.observer = observer or RunObserver()  # a test's fault injection, a benchmark's sampler
         self.keep_populations = keep_populations  # the audit's mechanism level needs every S_t
         # public_only: every release is already in the ledger (``privevo rebuild``); no private
         # record is read, no vote taken, no release drawn.
@@ -174,6 +183,7 @@ class Synthesis:
         the files it no longer names are removed afterwards (kept with ``keep_populations``:
         the audit reads every S_t).
         """
+        self.observer.writing_checkpoint(state["generation"])
         self.checkpoint_dir.mkdir(exist_ok=True)
         name = f"population-{state['generation']}.parquet"
         table = population.table(self.info.max_value, png=False)  # PNG encoding was most of a checkpoint's time
@@ -224,8 +234,7 @@ class Synthesis:
                 self._build_store()
             make = ray_engine if on_ray else in_process_engine
             engine = make(self.config, self.info, self.labels, store, public_only=self.public_only)
-            if self.on_actors is not None:
-                self.on_actors(engine)
+            self.observer.engine_started(engine)
             report = self._run(engine, progress, wall0, ray_start)
         finally:
             progress.close()
@@ -262,8 +271,9 @@ class Synthesis:
         hooks = RunHooks(engine, generations=T, labels=self.labels, threshold=self.threshold, evaluate=evaluate,
                          every_generation=cfg.evaluation.every_generation, save=self._save_checkpoint,
                          ledger_binding=self._ledger_binding, degree=degree, progress=progress, state=state,
-                         wall0=wall0, after_release=self.after_release)
-        releases = LedgerReleases(self.ledger, self.mechanism, self.threshold, self.insecure_noise_seed, hooks.timed)
+                         wall0=wall0, observer=self.observer)
+        releases = LedgerReleases(self.ledger, self.mechanism, self.threshold, self.insecure_noise_seed, hooks.timed,
+                                  self.observer)
         schedule = Schedule(
             generations=T, per_class=cfg.population.per_class, final_per_class=cfg.population.final_per_class,
             degree=degree, final_degree=cfg.variation.final_degree,
@@ -278,6 +288,7 @@ class Synthesis:
                 hooks.close()
             raise
         hooks.close()
+        self.observer.finishing()
         progress.stage("report")
         baselines = self._baselines(engine, evaluate)
         wall = hooks.elapsed_before + time.perf_counter() - wall0
@@ -348,10 +359,19 @@ class Synthesis:
 
     def _finish(self, population: Population, state: dict[str, Any], baselines: dict[str, Any],
                 wall: float, ray_start: float) -> dict[str, Any]:
-        from privevo.pipelines.report import build_report, write_outputs
-
-        report = build_report(self, population, state, baselines, wall, ray_start)
-        write_outputs(self, population, report)
+        records = self.ledger.records()
+        eps_error = calibration_eps_error(self.config.privacy.epsilon)
+        summary = RunSummary(
+            config=self.config, run_dir=self.run_dir, info=self.info, labels=self.labels,
+            noise_multiplier=self.plan.noise_multiplier, sensitivity=self.mechanism.sensitivity,
+            count_scale=self.mechanism.count_scale, threshold=self.threshold, records=records,
+            releases={r.generation: self.ledger.load_release(r.generation) for r in records if not r.lost},
+            epsilon=self.ledger.epsilon_spent(self.config.privacy.delta, eps_error), epsilon_error=eps_error,
+            heldout=self.heldout, uses_embedding_store=self.embedding_store is not None, state=state,
+            baselines=baselines, wall_seconds=wall, ray_start_seconds=ray_start,
+        )
+        report = build_report(summary, population)
+        write_outputs(summary, population, report)
         return report
 
 
@@ -366,8 +386,7 @@ def synthesize(
     resume: bool = False,
     insecure_noise_seed: int | None = None,
     progress: bool = False,
-    after_release: Callable[[int], None] | None = None,
-    on_actors: Callable[[ActorEngine], None] | None = None,
+    observer: RunObserver | None = None,
     keep_populations: bool = False,
 ) -> RunResult:
     """Run (or resume) PE with ``config`` in ``run_dir``; returns the report.
@@ -376,7 +395,8 @@ def synthesize(
     data is read, and before the run directory is created. ``keep_populations`` also keeps
     each generation's population as ``checkpoint/population-<t>.parquet`` (for the audit).
     One process at a time holds a run directory (a lock): two resumes of one run cannot
-    both draw a release.
+    both draw a release. ``observer`` (a :class:`~privevo.pipelines.hooks.RunObserver`) hears the
+    run's events: engine started, release drawn and recorded, checkpoint written, finishing.
     """
     run_dir = Path(run_dir)
     plan, info, labels = check_config(config, source)
@@ -390,7 +410,7 @@ def synthesize(
         raise ConfigError(str(run_dir), "--out", "run directory exists and is not empty; use --resume to continue it")
     check_data(config, source)
     return _run_in(run_dir, config, plan, info, labels, fresh=not resume, insecure_noise_seed=insecure_noise_seed,
-                   progress=progress, after_release=after_release, on_actors=on_actors,
+                   progress=progress, observer=observer,
                    keep_populations=keep_populations)
 
 

@@ -6,7 +6,7 @@ the run's bookkeeping there, in this order (the contract tests/test_engines.py c
 - ``released(t)``, right after release t is in the ledger (fsynced): the checkpoint of
   S_{t-1} is handed to a background thread (after the ledger's fsync, which it would slow
   down on a small machine; beside the generators' work, which is most of a generation),
-  then the caller's ``after_release`` hook runs (the tests' fault injection);
+  then the run's :class:`RunObserver` hears ``released(t)``;
 - ``population_made(t, S_t, H_t)``: S_t is evaluated on the declared public held-out set,
   its record and the run state (with the ledger lines it depends on) are built, the write
   of S_{t-1} is joined (the final S_T is written at once: nothing follows to hide it), and
@@ -36,6 +36,34 @@ from privevo.pipelines.histogram import threshold_counts
 from privevo.pipelines.metering import GenerationMeter, role_totals
 from privevo.pipelines.metrics import downstream_accuracy, frechet_distance
 from privevo.pipelines.population import Population
+
+
+class RunObserver:
+    """A run seen from outside: what a test injects faults at, or a benchmark samples at.
+
+    Pass one to ``privevo.synthesize(..., observer=...)``; override the events you need (each is
+    a no-op here). An exception raised in one is the run's: it stops there, as a crash would,
+    and the run can be resumed. The events, in the order a run gives them:
+
+    1. ``engine_started(engine)``: the engine (actors, placement group) is up; once per process.
+    2. per generation t = 1..T: ``drawing_release(t)`` just before release t is drawn (never when
+       a recorded release is replayed), then ``released(t)`` once it is in the ledger (fsynced),
+       drawn or replayed;
+    3. ``writing_checkpoint(t)`` (t = 0..T) before S_t's checkpoint is written: on the background
+       writer while generation t + 1 runs (an exception there reaches the run when that write is
+       joined, at the end of generation t + 1), S_T's on the run's thread;
+    4. ``finishing()`` after the last generation, before the baselines and the report are made.
+    """
+
+    def engine_started(self, engine: Any) -> None: ...
+
+    def drawing_release(self, generation: int) -> None: ...
+
+    def released(self, generation: int) -> None: ...
+
+    def writing_checkpoint(self, generation: int) -> None: ...
+
+    def finishing(self) -> None: ...
 
 
 class Progress:
@@ -181,11 +209,11 @@ class RunHooks:
                  evaluate: Evaluation, every_generation: bool,
                  save: Callable[[Population, dict[str, Any]], None], ledger_binding: Callable[[int], dict[str, Any]],
                  degree: Callable[[int], float], progress: Progress, state: dict[str, Any] | None,
-                 wall0: float, after_release: Callable[[int], None] | None = None) -> None:
+                 wall0: float, observer: RunObserver) -> None:
         self.engine, self.T, self.evaluate, self.every_generation = engine, generations, evaluate, every_generation
         self.labels, self.threshold = labels, threshold
         self.save, self.ledger_binding, self.degree = save, ledger_binding, degree
-        self.progress, self.after_release = progress, after_release
+        self.progress, self.observer = progress, observer
         self.writer = CheckpointWriter(save)
         self.state = state  # the run state so far (None before S_0)
         self.elapsed_before = 0.0 if state is None else state["elapsed_seconds"]
@@ -216,8 +244,7 @@ class RunHooks:
 
     def released(self, generation: int) -> None:
         self._submit_checkpoint()
-        if self.after_release is not None:
-            self.after_release(generation)
+        self.observer.released(generation)
 
     def _submit_checkpoint(self) -> None:
         if self.unsaved is not None:

@@ -8,19 +8,20 @@ private records and anything computed from them never reach this module.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from privevo.pipelines.data import public_size, write_parquet_atomic
+from privevo.pipelines.config import RunConfig
+from privevo.pipelines.data import DatasetInfo, Split, public_size, write_parquet_atomic
 from privevo.pipelines.files import write_json_atomic
 from privevo.pipelines.metering import plot_cost, run_cost
-from privevo.pipelines.privacy import NOISE_SOURCE_SECURE, calibration_eps_error, epsilon_closed_form
+from privevo.pipelines.privacy import NOISE_SOURCE_SECURE, EpsilonBound, ReleaseRecord, epsilon_closed_form
 
 if TYPE_CHECKING:
-    from privevo.pipelines.evolution import Synthesis
     from privevo.pipelines.population import Population
 
 STAGES = ("generate", "vote", "release", "select", "evaluate", "checkpoint")
@@ -50,7 +51,37 @@ def strip_side_channels(obj: Any) -> Any:
     return obj
 
 
-def estimated_class_sizes(run: "Synthesis") -> dict[str, dict[str, float]]:
+@dataclass(frozen=True)
+class RunSummary:
+    """What a finished run's report and outputs are made from: plain, public data the driver fills.
+
+    ``records`` are every drawn release (lost ones included) and ``releases`` the stored noisy
+    histograms by generation; ``epsilon`` is what the ledger's accountant says they spent (with
+    ``epsilon_error``, the accountant's discretisation bound); ``heldout`` is the declared public
+    held-out set (None: none declared); ``state`` is the run state (its ``generations`` records).
+    """
+
+    config: RunConfig
+    run_dir: Path
+    info: DatasetInfo
+    labels: tuple[int, ...]
+    noise_multiplier: float
+    sensitivity: float
+    count_scale: float
+    threshold: float
+    records: list[ReleaseRecord]
+    releases: dict[int, np.ndarray]
+    epsilon: EpsilonBound
+    epsilon_error: float
+    heldout: Split | None
+    uses_embedding_store: bool
+    state: dict[str, Any]
+    baselines: dict[str, Any]
+    wall_seconds: float
+    ray_start_seconds: float
+
+
+def estimated_class_sizes(run: RunSummary) -> dict[str, dict[str, float]]:
     """Each class's size estimated from the noisy releases alone (post-processing, no extra cost).
 
     One private record adds k votes of weight 1/sqrt(k) to its class, so a class's segment
@@ -61,8 +92,10 @@ def estimated_class_sizes(run: "Synthesis") -> dict[str, dict[str, float]]:
     k = run.config.vote.k
     estimates: dict[int, list[float]] = {label: [] for label in run.labels}
     variances: dict[int, list[float]] = {label: [] for label in run.labels}
-    for record in run.ledger.records():
-        noisy = run.ledger.load_release(record.generation)
+    for record in run.records:
+        if record.lost:
+            continue  # drawn and counted in epsilon, but its histogram was never stored
+        noisy = run.releases[record.generation]
         bins = len(noisy) // len(run.labels)
         for i, label in enumerate(run.labels):
             estimates[label].append(float(noisy[i * bins:(i + 1) * bins].sum()) / np.sqrt(k))
@@ -76,23 +109,14 @@ def estimated_class_sizes(run: "Synthesis") -> dict[str, dict[str, float]]:
     return out
 
 
-def build_report(
-    run: "Synthesis",
-    population: "Population",
-    state: dict[str, Any],
-    baselines: dict[str, Any],
-    wall_seconds: float,
-    ray_start_seconds: float,
-) -> dict[str, Any]:
+def build_report(run: RunSummary, population: Population) -> dict[str, Any]:
     """The report of a finished run (see the README for every field).
 
     Every value outside :data:`SIDE_CHANNELS` is a function of the config, the declared
     public inputs, the seed and the recorded releases (``privevo rebuild`` checks it).
     """
     cfg = run.config
-    records = run.ledger.records()
-    eps_error = calibration_eps_error(cfg.privacy.epsilon)
-    spent = run.ledger.epsilon_spent(cfg.privacy.delta, eps_error)
+    records, state, spent, eps_error = run.records, run.state, run.epsilon, run.epsilon_error
 
     multipliers = [r.noise_multiplier for r in records]
     sources = sorted({r.noise_source for r in records})
@@ -119,12 +143,12 @@ def build_report(
             "target_epsilon": cfg.privacy.epsilon,
             "delta": cfg.privacy.delta,
             "releases": len(records),
-            "noise_multiplier": run.plan.noise_multiplier,
+            "noise_multiplier": run.noise_multiplier,
             "sigma_per_release": [r.sigma for r in records],
-            "sensitivity": run.mechanism.sensitivity,
+            "sensitivity": run.sensitivity,
             "neighbour_relation": cfg.privacy.neighbour,
             "unit": "one private record (record-level DP)",
-            "mechanism": f"discrete Gaussian on integer vote counts (scale {run.mechanism.count_scale:.6g} per bin), "
+            "mechanism": f"discrete Gaussian on integer vote counts (scale {run.count_scale:.6g} per bin), "
                          "released as counts / sqrt(k)",
             "threshold": run.threshold,
             "threshold_in_sigmas": cfg.vote.threshold,
@@ -160,11 +184,11 @@ def build_report(
             "test_set": (None if run.heldout is None
                          else f"held-out real {info.name} ({len(run.heldout.labels)} samples, declared public)"),
             "synthetic_samples": len(population),
-            "baselines": baselines,
+            "baselines": run.baselines,
         },
         "timing": {
-            "wall_seconds": wall_seconds,
-            "ray_start_seconds": ray_start_seconds,
+            "wall_seconds": run.wall_seconds,
+            "ray_start_seconds": run.ray_start_seconds,
             "stage_seconds": stage_totals,
             "cpu_seconds": {
                 role: float(sum(g["actors"][role]["cpu_seconds"] for g in state["generations"] if "actors" in g))
@@ -182,14 +206,14 @@ def build_report(
             "private": {
                 "folder": "private/ (owner-only; not an output: never copy it with the run)",
                 "real_baseline": "private/real_baseline.json" if cfg.evaluation.real_baseline else None,
-                "embedding_store": None if run.embedding_store is None else "outside the run directory "
+                "embedding_store": None if not run.uses_embedding_store else "outside the run directory "
                                    "(see vote.embedding_store)",
             },
         },
     }
 
 
-def write_outputs(run: "Synthesis", population: "Population", report: dict[str, Any]) -> None:
+def write_outputs(run: RunSummary, population: Population, report: dict[str, Any]) -> None:
     """synthetic.parquet, the plots, then report.json last (its presence marks a finished run)."""
     out = run.run_dir
     names = [run.info.class_names[label] for label in sorted(run.info.class_names)]

@@ -118,20 +118,23 @@ def when_generators_busy(n_generators: int, action, timeout: float = 60.0) -> th
 def run_synthesis(cfg, run_dir: Path, fault=None) -> dict:
     """Run ``cfg``; ``fault(actors, generation)`` is called after each release."""
     from privevo.pipelines.evolution import synthesize
+    from privevo.pipelines.hooks import RunObserver
 
-    state: dict = {}
     threads: list[threading.Thread] = []
 
-    def after_release(generation: int) -> None:
-        if fault is not None:
-            thread = fault(state["actors"], generation)
-            if thread is not None:
-                threads.append(thread)
+    class Inject(RunObserver):
+        def engine_started(self, engine):
+            self.engine = engine
+
+        def released(self, generation: int) -> None:
+            if fault is not None:
+                thread = fault(self.engine, generation)
+                if thread is not None:
+                    threads.append(thread)
 
     clear_markers()
     t0 = time.perf_counter()
-    result = synthesize(cfg, run_dir, insecure_noise_seed=NOISE_SEED, after_release=after_release,
-                        on_actors=lambda actors: state.update(actors=actors))
+    result = synthesize(cfg, run_dir, insecure_noise_seed=NOISE_SEED, observer=Inject())
     for thread in threads:
         thread.join(timeout=5)
     return {

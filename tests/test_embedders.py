@@ -44,7 +44,7 @@ def test_registry_is_the_allow_list():
         validate_embedder_options("os.system", {})
 
 
-def test_pixels_backward_compatible():
+def test_pixels_embedding_is_the_flattened_scaled_image():
     x = images(3, 8)
     for embedder in (make_embedder("pixels", 16.0), make_embedder("pixels", 16.0, {})):
         out = embedder.embed(x)
@@ -53,9 +53,7 @@ def test_pixels_backward_compatible():
         assert embedder.dim == 64 and embedder.name == "pixels"
     with pytest.raises(ValidationError, match="extra"):
         make_embedder("pixels", 16.0, {"batch_size": 4})
-    from privevo.actors.embedders.pixels import make_embedder as old_import
-
-    assert old_import("pixels", 2.0).embed(np.full((1, 2, 2), 2.0, np.float32)).tolist() == [[1.0] * 4]
+    assert make_embedder("pixels", 2.0).embed(np.full((1, 2, 2), 2.0, np.float32)).tolist() == [[1.0] * 4]
 
 
 @pytest.mark.parametrize("kind", ["inception", "clip"])

@@ -11,6 +11,7 @@ from privevo.actors.generators.base import SampleBatch
 from conftest import small_config
 from privevo.pipelines.engines import Work
 from privevo.pipelines.evolution import synthesize
+from privevo.pipelines.hooks import RunObserver
 from privevo.pipelines.pe import Schedule, private_evolution
 from privevo.pipelines.population import ID_STRIDE, Parents, Population
 from privevo.pipelines.privacy import PrivacyLedger
@@ -122,15 +123,38 @@ def test_in_process_and_ray_engines_give_the_same_run(tmp_path, ray_session):
 
 
 @pytest.mark.slow
-def test_released_fires_after_the_ledger_is_on_disk(tmp_path):
-    seen = []
+def test_the_observer_hears_the_events_in_their_contracted_order(tmp_path):
+    """engine_started; per generation drawing_release(t) then released(t), the latter after
+    release t is on disk; the checkpoint of S_t only after release t + 1 is drawn (written
+    behind it), S_T's last; finishing before the report exists."""
+    run_dir = tmp_path / "run"
+    log = []
 
-    def after_release(t):
-        seen.append((t, PrivacyLedger(tmp_path / "run").generations()))
+    class Log(RunObserver):
+        def engine_started(self, engine):
+            log.append(("engine_started",))
 
-    synthesize(small_config(**{"resources.engine": "in_process", "generations": 2}), tmp_path / "run",
-               insecure_noise_seed=NOISE_SEED, after_release=after_release)
-    assert seen == [(1, [1]), (2, [1, 2])]
+        def drawing_release(self, t):
+            log.append(("drawing", t, PrivacyLedger(run_dir).generations()))
+
+        def released(self, t):
+            log.append(("released", t, PrivacyLedger(run_dir).generations()))
+
+        def writing_checkpoint(self, t):
+            log.append(("checkpoint", t))
+
+        def finishing(self):
+            log.append(("finishing", (run_dir / "report.json").exists()))
+
+    synthesize(small_config(**{"resources.engine": "in_process", "generations": 2}), run_dir,
+               insecure_noise_seed=NOISE_SEED, observer=Log())
+    assert log[0] == ("engine_started",) and log[-1] == ("finishing", False)
+    assert [e for e in log if e[0] in ("drawing", "released")] == [
+        ("drawing", 1, []), ("released", 1, [1]), ("drawing", 2, [1]), ("released", 2, [1, 2])]
+    order = [e[:2] for e in log]
+    assert order.index(("checkpoint", 0)) > order.index(("drawing", 1))  # S_0 is written behind release 1
+    assert order.index(("checkpoint", 1)) > order.index(("drawing", 2))
+    assert order[-2] == ("checkpoint", 2)
 
 
 @pytest.mark.slow

@@ -498,10 +498,14 @@ def test_crash_before_the_ledger_line_then_repair(tmp_path: Path, monkeypatch) -
     ledger = PrivacyLedger(tmp_path)
     record(ledger, 1)
 
-    def crash(self, rec):
-        raise KeyboardInterrupt("power cut")
+    real_open = open
 
-    monkeypatch.setattr(PrivacyLedger, "_append_line", crash)
+    def crash(path, mode="r", *args, **kwargs):  # the power goes as the ledger line is appended
+        if Path(path) == ledger.path and "a" in mode:
+            raise KeyboardInterrupt("power cut")
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(ledger_module, "open", crash, raising=False)
     with pytest.raises(KeyboardInterrupt):
         record(ledger, 2, sigma=7.0)
     monkeypatch.undo()

@@ -9,7 +9,8 @@ import pytest
 
 from conftest import small_config
 from privevo.pipelines.config import ConfigError
-from privevo.pipelines.evolution import Synthesis, derive_seed, synthesize
+from privevo.pipelines.evolution import derive_seed, synthesize
+from privevo.pipelines.hooks import RunObserver
 from privevo.pipelines.privacy import PrivacyLedger, epsilon_closed_form, seeded_noise
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::privevo.pipelines.privacy.InsecureNoiseWarning")]
@@ -20,12 +21,39 @@ class Crash(RuntimeError):
     pass
 
 
-def crash_after(last: int):
-    """An ``after_release`` hook: the run dies right after release ``last`` is in the ledger."""
-    def hook(generation: int) -> None:
-        if generation == last:
-            raise Crash(f"killed after release {last}, before its checkpoint")
-    return hook
+class Faults(RunObserver):
+    """Fault injection at the run's events (see ``RunObserver`` for their order).
+
+    ``crash_after``: the run dies right after that release is in the ledger;
+    ``lose_checkpoint``: the write of that S_t dies; ``crash_finishing``: the run dies after its
+    last generation, while the report is made; ``no_draw_up_to``: drawing a release <= it fails
+    the test (those must be replayed from the ledger).
+    """
+
+    def __init__(self, crash_after=None, lose_checkpoint=None, crash_finishing=False, no_draw_up_to=0):
+        self.crash_after, self.lose_checkpoint = crash_after, lose_checkpoint
+        self.crash_finishing, self.no_draw_up_to = crash_finishing, no_draw_up_to
+        self.drawn: list[int] = []
+
+    def drawing_release(self, generation):
+        assert generation > self.no_draw_up_to, f"release {generation} was drawn again"
+        self.drawn.append(generation)
+
+    def released(self, generation):
+        if generation == self.crash_after:
+            raise Crash(f"killed after release {generation}, before its checkpoint")
+
+    def writing_checkpoint(self, generation):
+        if generation == self.lose_checkpoint:
+            raise Crash(f"killed while S_{generation} was written")
+
+    def finishing(self):
+        if self.crash_finishing:
+            raise Crash("killed while the report is made")
+
+
+def crash_after(last: int) -> Faults:
+    return Faults(crash_after=last)
 
 
 @pytest.fixture(scope="module")
@@ -85,25 +113,11 @@ def test_estimated_class_sizes_come_from_the_releases(reference_run):
         assert entry["estimate"] != truth[int(label)]  # an estimate, never the count
 
 
-def forbid_draws_up_to(monkeypatch, last: int) -> None:
-    """Fail the test if a release for a generation <= ``last`` is drawn."""
-    from privevo.pipelines.evolution import LedgerReleases
-
-    draw = LedgerReleases._draw
-
-    def guarded(self, generation, counts):
-        assert generation > last, f"release {generation} was drawn again"
-        return draw(self, generation, counts)
-
-    monkeypatch.setattr(LedgerReleases, "_draw", guarded)
-
-
-def test_crash_between_ledger_and_checkpoint_resumes_without_redrawing(reference_run, tmp_path, ray_session,
-                                                                         monkeypatch):
+def test_crash_between_ledger_and_checkpoint_resumes_without_redrawing(reference_run, tmp_path, ray_session):
     run_dir = tmp_path / "run"
 
     with pytest.raises(Crash):
-        synthesize(small_config(), run_dir, insecure_noise_seed=NOISE_SEED, after_release=crash_after(2))
+        synthesize(small_config(), run_dir, insecure_noise_seed=NOISE_SEED, observer=crash_after(2))
     ledger = PrivacyLedger(run_dir)
     assert ledger.generations() == [1, 2]  # release 2 happened and is accounted for
     state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
@@ -111,8 +125,10 @@ def test_crash_between_ledger_and_checkpoint_resumes_without_redrawing(reference
 
     # Resume with the same test noise and another number of generator actors (shard seeds
     # make the output independent of it); releases 1 and 2 must be replayed, never drawn.
-    forbid_draws_up_to(monkeypatch, 2)
-    result = synthesize(small_config(generators=1), run_dir, resume=True, insecure_noise_seed=NOISE_SEED)
+    faults = Faults(no_draw_up_to=2)
+    result = synthesize(small_config(generators=1), run_dir, resume=True, insecure_noise_seed=NOISE_SEED,
+                        observer=faults)
+    assert faults.drawn == [3]
     ledger = PrivacyLedger(run_dir)
     reference_ledger = PrivacyLedger(reference_run.run_dir)
     assert ledger.generations() == [1, 2, 3]
@@ -122,36 +138,31 @@ def test_crash_between_ledger_and_checkpoint_resumes_without_redrawing(reference
     assert synthetic_rows(run_dir) == synthetic_rows(reference_run.run_dir)
 
 
-def test_resumed_run_equals_uninterrupted_run(reference_run, tmp_path, ray_session, monkeypatch):
+def test_resumed_run_equals_uninterrupted_run(reference_run, tmp_path, ray_session):
     run_dir = tmp_path / "run"
 
     with pytest.raises(Crash):
-        synthesize(small_config(), run_dir, insecure_noise_seed=NOISE_SEED, after_release=crash_after(1))
-    forbid_draws_up_to(monkeypatch, 1)
-    synthesize(small_config(generators=1), run_dir, resume=True, insecure_noise_seed=NOISE_SEED)
+        synthesize(small_config(), run_dir, insecure_noise_seed=NOISE_SEED, observer=crash_after(1))
+    faults = Faults(no_draw_up_to=1)
+    synthesize(small_config(generators=1), run_dir, resume=True, insecure_noise_seed=NOISE_SEED, observer=faults)
+    assert faults.drawn == [2, 3]
     assert synthetic_rows(run_dir) == synthetic_rows(reference_run.run_dir)
     assert PrivacyLedger(run_dir).generations() == [1, 2, 3]
 
 
-def test_ledger_two_releases_ahead_of_the_checkpoint_replays_them(reference_run, tmp_path, ray_session, monkeypatch):
-    """A crash while S_1's background write is in flight: releases 1 and 2 are replayed, not redrawn."""
+def test_ledger_two_releases_ahead_of_the_checkpoint_replays_them(reference_run, tmp_path, ray_session):
+    """The background write of S_1 dies (it runs during generation 2, and the run hears of it when
+    joining it at generation 2's end): releases 1 and 2 are in the ledger, the checkpoint holds S_0.
+    They are replayed, not redrawn."""
     run_dir = tmp_path / "run"
-    save = Synthesis._save_checkpoint
-
-    def lose_generation_1(self, population, state):
-        if state["generation"] == 1:
-            return  # the write of S_1 never lands
-        save(self, population, state)
-
-    monkeypatch.setattr(Synthesis, "_save_checkpoint", lose_generation_1)
-    with pytest.raises(Crash):
-        synthesize(small_config(), run_dir, insecure_noise_seed=NOISE_SEED, after_release=crash_after(2))
-    monkeypatch.setattr(Synthesis, "_save_checkpoint", save)
+    with pytest.raises(Crash, match="S_1"):
+        synthesize(small_config(), run_dir, insecure_noise_seed=NOISE_SEED, observer=Faults(lose_checkpoint=1))
     assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["generation"] == 0
     assert PrivacyLedger(run_dir).generations() == [1, 2]
 
-    forbid_draws_up_to(monkeypatch, 2)
-    synthesize(small_config(), run_dir, resume=True, insecure_noise_seed=NOISE_SEED)
+    faults = Faults(no_draw_up_to=2)
+    synthesize(small_config(), run_dir, resume=True, insecure_noise_seed=NOISE_SEED, observer=faults)
+    assert faults.drawn == [3]
     assert PrivacyLedger(run_dir).generations() == [1, 2, 3]
     assert synthetic_rows(run_dir) == synthetic_rows(reference_run.run_dir)
 
@@ -162,7 +173,7 @@ def test_resume_refuses_a_checkpoint_whose_releases_the_ledger_lost(tmp_path, ra
     run_dir = tmp_path / "run"
 
     with pytest.raises(Crash):
-        synthesize(small_config(), run_dir, insecure_noise_seed=NOISE_SEED, after_release=crash_after(2))
+        synthesize(small_config(), run_dir, insecure_noise_seed=NOISE_SEED, observer=crash_after(2))
     assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["generation"] == 1
     (run_dir / "ledger.jsonl").unlink()
     for path in (run_dir / "releases").iterdir():
@@ -172,20 +183,14 @@ def test_resume_refuses_a_checkpoint_whose_releases_the_ledger_lost(tmp_path, ra
     assert info.value.field == "checkpoint" and "cannot be resumed" in str(info.value)
 
 
-def test_a_crash_after_the_final_checkpoint_resumes_to_the_report(reference_run, tmp_path, ray_session, monkeypatch):
+def test_a_crash_after_the_final_checkpoint_resumes_to_the_report(reference_run, tmp_path, ray_session):
     run_dir = tmp_path / "run"
-    baselines = Synthesis._baselines
-
-    def crash(self, *args):
-        raise Crash("killed while the report is made")
-
-    monkeypatch.setattr(Synthesis, "_baselines", crash)
     with pytest.raises(Crash):
-        synthesize(small_config(), run_dir, insecure_noise_seed=NOISE_SEED)
+        synthesize(small_config(), run_dir, insecure_noise_seed=NOISE_SEED, observer=Faults(crash_finishing=True))
     assert not (run_dir / "report.json").exists()
-    monkeypatch.setattr(Synthesis, "_baselines", baselines)
-    forbid_draws_up_to(monkeypatch, 3)
-    result = synthesize(small_config(), run_dir, resume=True, insecure_noise_seed=NOISE_SEED)
+    faults = Faults(no_draw_up_to=3)
+    result = synthesize(small_config(), run_dir, resume=True, insecure_noise_seed=NOISE_SEED, observer=faults)
+    assert faults.drawn == []
     assert synthetic_rows(run_dir) == synthetic_rows(reference_run.run_dir)
     assert result.report["evaluation"]["accuracy"] == reference_run.report["evaluation"]["accuracy"]
 

@@ -124,9 +124,3 @@ class PixelEmbedder:
             self.dim = int(out.shape[1])
         return out
 
-
-def make_embedder(kind: str, max_value: float, options: dict | None = None, device: str = "cpu") -> Embedder:
-    """Kept for old imports; the registry lives in :mod:`actors.embedders`."""
-    from privevo.actors.embedders import make_embedder as _make
-
-    return _make(kind, max_value, options, device)
