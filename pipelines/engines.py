@@ -396,7 +396,8 @@ class ActorEngine:
         return self.ray.get(self.voters[0].embed.remote(samples))
 
     def wait_ready(self) -> None:
-        self.ray.get([v.ready.remote() for v in self.voters])
+        """Wait until every actor is built (models loaded, private embeddings in the voters)."""
+        self.ray.get([actor.ready.remote() for actor in [*self.generators, *self.voters]])
 
     def request_stats(self) -> list[Any]:
         """Ask every actor for its metering so far (after the calls already sent it); see ``collect_stats``."""

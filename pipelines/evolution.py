@@ -233,9 +233,13 @@ class Synthesis:
                 progress.stage("embed private set")
                 self._build_store()
             make = ray_engine if on_ray else in_process_engine
+            started = time.perf_counter()
             engine = make(self.config, self.info, self.labels, store, public_only=self.public_only)
+            engine.wait_ready()  # actors built: the generations' clocks start after their start-up
+            actor_start = time.perf_counter() - started
             self.observer.engine_started(engine)
-            report = self._run(engine, progress, wall0, ray_start)
+            report = self._run(engine, progress, wall0, {"ray_start_seconds": ray_start,
+                                                         "actor_start_seconds": actor_start})
         finally:
             progress.close()
             if engine is not None:
@@ -246,7 +250,8 @@ class Synthesis:
                 ray.shutdown()
         return report
 
-    def _run(self, engine: ActorEngine, progress: Progress, wall0: float, ray_start: float) -> dict[str, Any]:
+    def _run(self, engine: ActorEngine, progress: Progress, wall0: float, start_up: dict[str, float]
+             ) -> dict[str, Any]:
         """Generations 0..T (or the rest of them, on resume), then the report."""
         cfg = self.config
         T = cfg.generations
@@ -280,7 +285,6 @@ class Synthesis:
             select=hooks.timed("select", parent_selector(cfg, self.labels, self.threshold)),
         )
         progress.advance(done)
-        engine.wait_ready()
         try:
             population = private_evolution(MeteredEngine(engine, hooks), releases, schedule, hooks, start, done)
         except BaseException:
@@ -292,7 +296,7 @@ class Synthesis:
         progress.stage("report")
         baselines = self._baselines(engine, evaluate)
         wall = hooks.elapsed_before + time.perf_counter() - wall0
-        return self._finish(population, hooks.state, baselines, wall, ray_start)
+        return self._finish(population, hooks.state, baselines, wall, start_up)
 
     def _ledger_binding(self, generation: int) -> dict[str, Any]:
         """What binds a checkpoint of S_t to the ledger: the ledger lines up to release t and their digest.
@@ -358,7 +362,7 @@ class Synthesis:
         })
 
     def _finish(self, population: Population, state: dict[str, Any], baselines: dict[str, Any],
-                wall: float, ray_start: float) -> dict[str, Any]:
+                wall: float, start_up: dict[str, float]) -> dict[str, Any]:
         records = self.ledger.records()
         eps_error = calibration_eps_error(self.config.privacy.epsilon)
         summary = RunSummary(
@@ -368,7 +372,7 @@ class Synthesis:
             releases={r.generation: self.ledger.load_release(r.generation) for r in records if not r.lost},
             epsilon=self.ledger.epsilon_spent(self.config.privacy.delta, eps_error), epsilon_error=eps_error,
             heldout=self.heldout, uses_embedding_store=self.embedding_store is not None, state=state,
-            baselines=baselines, wall_seconds=wall, ray_start_seconds=ray_start,
+            baselines=baselines, wall_seconds=wall, start_up_seconds=start_up,
         )
         report = build_report(summary, population)
         write_outputs(summary, population, report)

@@ -78,7 +78,7 @@ class RunSummary:
     state: dict[str, Any]
     baselines: dict[str, Any]
     wall_seconds: float
-    ray_start_seconds: float
+    start_up_seconds: dict[str, float]  # ray_start_seconds, actor_start_seconds
 
 
 def estimated_class_sizes(run: RunSummary) -> dict[str, dict[str, float]]:
@@ -188,7 +188,7 @@ def build_report(run: RunSummary, population: Population) -> dict[str, Any]:
         },
         "timing": {
             "wall_seconds": run.wall_seconds,
-            "ray_start_seconds": run.ray_start_seconds,
+            **run.start_up_seconds,
             "stage_seconds": stage_totals,
             "cpu_seconds": {
                 role: float(sum(g["actors"][role]["cpu_seconds"] for g in state["generations"] if "actors" in g))
@@ -328,7 +328,8 @@ def summary_lines(report: dict[str, Any], run_dir: Path) -> list[str]:
             f" ({e['classifier']}, held-out real test)",
             f"frechet distance   {e['frechet_distance']:.3f} (prior only {prior['frechet_distance']:.3f})",
         ]
-    lines.append(f"wall time          {t['wall_seconds']:.1f} s (Ray start {t['ray_start_seconds']:.1f} s)")
+    lines.append(f"wall time          {t['wall_seconds']:.1f} s (Ray start {t['ray_start_seconds']:.1f} s, "
+                 f"actors start {t.get('actor_start_seconds', 0.0):.1f} s)")
     cost = report.get("cost")
     if cost and cost["wall_seconds"] > 0:
         lines.append(

@@ -223,8 +223,11 @@ class DigitSimulator:
 
     @classmethod
     def from_options(cls, options: SimulatorOptions, context=None) -> DigitSimulator:
-        """The simulator a config's ``generator.options`` describe (the plugin contract)."""
-        return cls(**options.model_dump())
+        """The simulator a config's ``generator.options`` describe (the plugin contract), its glyph
+        atlas built now: a worker's start-up, not its first call, pays for rendering the fonts."""
+        simulator = cls(**options.model_dump())
+        simulator._load()
+        return simulator
 
     def __init__(
         self,

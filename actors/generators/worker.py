@@ -70,6 +70,10 @@ class GeneratorWorker:
         with self._meter.section("setup"):
             self._generator = make_generator(kind, options, context)
 
+    def ready(self) -> bool:
+        """True once the generator is built (a start-up barrier: the run's clock starts after it)."""
+        return True
+
     def random(self, labels: np.ndarray, seed: int) -> SampleBatch:
         with self._meter.section("generate", samples=len(labels)):
             return self._generator.random(labels, seed)
