@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     aud.add_argument("--out", help="audit directory to create (default: runs/NAME-TIMESTAMP)")
     aud.add_argument("--print-report", action="store_true",
                      help="also print report.json to stdout between marker lines (for `privevo submit`)")
+    for job in (syn, aud):
+        job.add_argument("--expect-code", metavar="DIGEST",
+                         help="refuse to run unless this node's privevo code has this digest (privevo submit adds it)")
     _add_cluster_commands(sub)
     return parser
 
@@ -109,6 +112,7 @@ def _synthesize(args: argparse.Namespace) -> int:
     from privevo.pipelines.evolution import synthesize
     from privevo.pipelines.report import summary_lines
 
+    jobs.check_code(args.expect_code)
     if args.resume and args.out:
         raise ConfigError("command line", "--out", "give either --out or --resume, not both")
     if args.config is None and not args.resume:
@@ -146,6 +150,7 @@ def _rebuild(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace) -> int:
     from privevo.pipelines.audit.job import load_audit_config, run_audit, summary_table
 
+    jobs.check_code(args.expect_code)
     config = load_audit_config(args.config, args.overrides)
     out = Path(args.out).expanduser() if args.out else Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     report = run_audit(config, out, source=args.config)

@@ -5,13 +5,17 @@ cluster's job server and runs ``privevo synthesize|audit CONFIG ...`` there as a
 Ray job; the job's driver joins the cluster (Ray sets ``RAY_ADDRESS`` for it), so
 the same config runs unchanged on a laptop and on a cluster.
 
-Three things are decided here rather than on the cluster:
+Four things are decided here rather than on the cluster:
 
 - the config is validated locally first, with the same checks the job runs before
   it reads private data, so a bad config is refused with its file and field named
   before anything is uploaded or submitted;
 - the entrypoint is one shell command line built with :func:`shlex.join`, so a
   path or an override value can never be read as shell syntax;
+- the code is the privevo installed on the cluster's nodes (the upload carries configs; the
+  repository root is the ``privevo`` package, which a working_dir cannot put on a node's path),
+  so the entrypoint carries the submitter's :func:`code_digest` and the job refuses to run on a
+  node whose privevo differs (``--expect-code``), instead of silently running other code;
 - the job's report.json lives on the cluster's disk, so the job prints it to its
   log between two marker lines (``--print-report``) and :func:`fetch_report` takes
   it back out of the log, checking its SHA-256 so a truncated log is refused.
@@ -229,14 +233,42 @@ def load_runtime_env(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+def code_digest(root: str | Path | None = None) -> str:
+    """SHA-256 of privevo's code (every ``.py`` file of the package ``root``, default the one
+    imported, with its path), so a job can check its node runs the code it was submitted from."""
+    if root is None:
+        import privevo
+
+        root = Path(privevo.__file__).parent
+    root = Path(root)
+    digest = hashlib.sha256()
+    files = [root / "__init__.py", *sorted((root / "pipelines").rglob("*.py")), *sorted((root / "actors").rglob("*.py"))]
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def check_code(expected: str | None) -> None:
+    """Refuse to run a submitted job on a node whose installed privevo is not the submitter's code."""
+    if expected is not None and expected != (here := code_digest()):
+        raise ConfigError(
+            "command line", "--expect-code",
+            f"the job was submitted from privevo code {expected}, but this node runs the privevo installed on "
+            f"it (code {here}); the uploaded working_dir carries configs, not the code: install the same "
+            "privevo on the cluster (cluster/Dockerfile) or submit from the version it has",
+        )
+
+
 def entrypoint(
     job: JobKind,
     config: str,
     overrides: Sequence[str] = (),
     out: str | None = None,
     launcher: Sequence[str] = ("privevo",),
+    code: str | None = None,
 ) -> str:
-    """The job's shell command line, every argument quoted with :func:`shlex.join`."""
+    """The job's shell command line, every argument quoted with :func:`shlex.join`; ``code``: the
+    submitter's :func:`code_digest`, checked by the job before anything runs."""
     if job not in JOBS:
         raise ConfigError("command line", "--job", f"expected one of {list(JOBS)}, got {job!r}")
     argv = [*launcher, job, config]
@@ -244,6 +276,8 @@ def entrypoint(
         argv += ["--set", item]
     if out:
         argv += ["--out", out]
+    if code:
+        argv += ["--expect-code", code]
     if job == "synthesize":
         argv.append("--quiet")
     argv.append("--print-report")
@@ -333,7 +367,7 @@ def submit(
     if out is None:
         # The job's own working_dir copy is temporary: default to a folder that stays.
         out = f"~/privevo-runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    command = entrypoint(job, relative, overrides, out, launcher)
+    command = entrypoint(job, relative, overrides, out, launcher, code=code_digest())
     client = job_client(address)
     try:
         job_id = client.submit_job(entrypoint=command, runtime_env=env,

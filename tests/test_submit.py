@@ -130,6 +130,31 @@ def test_entrypoint_quotes_every_argument_for_the_shell():
     assert out == "".join(f"{arg}\n" for arg in expected)
 
 
+def test_the_job_refuses_a_node_whose_privevo_is_not_the_submitters_code(tmp_path, capsys):
+    """The working_dir upload carries configs; the code is the privevo installed on the nodes. A job
+    submitted from other code stops before reading any config, naming the field."""
+    line = jobs.entrypoint("synthesize", "configs/digits.yaml", code=jobs.code_digest())
+    argv = shlex.split(line)
+    assert argv[argv.index("--expect-code") + 1] == jobs.code_digest()
+    from privevo.pipelines.cli import main
+
+    assert main(["synthesize", "configs/digits.yaml", "--expect-code", "0" * 16, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "--expect-code" in err and jobs.code_digest() in err and "0" * 16 in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_code_digest_follows_every_code_file(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    copy = tmp_path / "privevo"
+    for sub in ("pipelines", "actors"):
+        shutil.copytree(root / sub, copy / sub, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(root / "__init__.py", copy / "__init__.py")
+    assert jobs.code_digest(copy) == jobs.code_digest()  # the imported package is this checkout
+    (copy / "actors" / "knn.py").write_text((copy / "actors" / "knn.py").read_text() + "\n# edited\n")
+    assert jobs.code_digest(copy) != jobs.code_digest()
+
+
 def test_audit_entrypoint_and_bad_job():
     assert shlex.split(jobs.entrypoint("audit", "configs/a.yaml")) == [
         "privevo", "audit", "configs/a.yaml", "--print-report"]
