@@ -51,6 +51,12 @@ def derive_seed(seed: int, *keys: int) -> int:
     return int(np.random.SeedSequence([seed, *keys]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
+def variation_degree(config: RunConfig, generation: int) -> float:
+    """The variation degree of generation ``generation`` (1..T) on the config's schedule."""
+    v = config.variation
+    return float(degree_schedule(v.degree_start, v.degree_end, config.generations, v.schedule)[generation - 1])
+
+
 @dataclass(frozen=True)
 class Work:
     """One population's generator work: ``per_class`` samples of every class.
@@ -208,9 +214,6 @@ class ActorEngine:
     def __post_init__(self) -> None:
         self.voters_of = {label: [i for i, shard in enumerate(self.voter_labels) if label in shard]
                           for label in self.labels}
-        cfg = self.config
-        self.degrees = degree_schedule(cfg.variation.degree_start, cfg.variation.degree_end, cfg.generations,
-                                       cfg.variation.schedule)
 
     @property
     def meter(self) -> GenerationMeter | None:
@@ -325,7 +328,7 @@ class ActorEngine:
         if lookahead == 0 and made is not None and made.population is population:
             rows = {label: len(population.class_rows(label)) for label in self.labels}
             return self._vote_by_ref(made.parts, rows, generation)
-        degree = float(self.degrees[generation - 1])
+        degree = variation_degree(self.config, generation)
         parts: dict[int, list[Any]] = {}
         class_bytes: dict[int, int] = {}
         for label in self.labels:

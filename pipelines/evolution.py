@@ -35,10 +35,10 @@ from privevo.pipelines.checks import (
 from privevo.pipelines.config import ConfigError, RunConfig, dump_config, load_config
 from privevo.pipelines.data import DatasetInfo, load_heldout, write_parquet_atomic
 from privevo.pipelines.engines import PRIOR_BASELINE, SELECT, ActorEngine, Work, derive_seed, in_process_engine, ray_engine
-from privevo.pipelines.engines import n_voter_shards
+from privevo.pipelines.engines import n_voter_shards, variation_degree
 from privevo.pipelines.files import RunLock, RunLockedError
 from privevo.pipelines.files import write_json_atomic as _write_json_atomic
-from privevo.pipelines.histogram import degree_schedule, select_parents, threshold_counts
+from privevo.pipelines.histogram import select_parents, threshold_counts
 from privevo.pipelines.hooks import Evaluation, MeteredEngine, Progress, RunHooks, RunObserver
 from privevo.pipelines.metrics import private_reference_accuracy
 from privevo.pipelines.pe import Schedule, private_evolution
@@ -144,9 +144,6 @@ class Synthesis:
         self.insecure_noise_seed = insecure_noise_seed
         self.mechanism = GaussianMechanism(plan.noise_multiplier, k=config.vote.k, neighbour=config.privacy.neighbour)
         self.threshold = config.vote.threshold * self.mechanism.sigma
-        self.degrees = degree_schedule(
-            config.variation.degree_start, config.variation.degree_end, config.generations, config.variation.schedule
-        )
         self.ledger = PrivacyLedger(run_dir)
         self.checkpoint_dir = run_dir / "checkpoint"
         self.private_dir = run_dir / "private"  # owner-only; never a releasable output
@@ -271,7 +268,7 @@ class Synthesis:
         evaluate = Evaluation(engine, self.heldout, cfg.evaluation.features, cfg.evaluation.classifier,
                               self.info.max_value)
         def degree(t: int) -> float:
-            return float(self.degrees[t - 1])
+            return variation_degree(cfg, t)
 
         hooks = RunHooks(engine, generations=T, labels=self.labels, threshold=self.threshold, evaluate=evaluate,
                          every_generation=cfg.evaluation.every_generation, save=self._save_checkpoint,

@@ -76,6 +76,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from privevo.pipelines.figures import pyplot, save_figure
 from privevo.pipelines.gpu_utilization import UtilizationSampler, nvml_reader
 
 # Driver stages in the order a generation runs them.
@@ -497,10 +498,7 @@ def run_cost(generations: list[dict[str, Any]]) -> dict[str, Any]:
 
 def plot_cost(generations: list[dict[str, Any]], path) -> None:
     """Stacked bars: critical seconds per kind of work per generation, overhead on top."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     metered = [g for g in generations if g.get("metering")]
     x = [g["generation"] for g in metered]
@@ -518,6 +516,4 @@ def plot_cost(generations: list[dict[str, Any]], path) -> None:
     ax.set_xticks(x)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title("critical path by stage, and orchestration overhead", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

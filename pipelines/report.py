@@ -17,6 +17,7 @@ import numpy as np
 
 from privevo.pipelines.config import RunConfig
 from privevo.pipelines.data import DatasetInfo, Split, public_size, write_parquet_atomic
+from privevo.pipelines.figures import pyplot, save_figure
 from privevo.pipelines.files import write_json_atomic
 from privevo.pipelines.metering import plot_cost, run_cost
 from privevo.pipelines.privacy import NOISE_SOURCE_SECURE, EpsilonBound, ReleaseRecord, epsilon_closed_form
@@ -231,10 +232,7 @@ def write_outputs(run: RunSummary, population: Population, report: dict[str, Any
 
 def plot_samples(population, real_images, real_labels, labels, max_value: float, path: Path, per_class: int = 8) -> None:
     """A grid: per class, synthetic samples on the left, held-out real ones (if declared public) on the right."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rng = np.random.default_rng(0)
     fig, axes = plt.subplots(len(labels), 2 * per_class + 1, figsize=(2 * per_class * 0.6 + 0.6, len(labels) * 0.6))
@@ -255,8 +253,7 @@ def plot_samples(population, real_images, real_labels, labels, max_value: float,
         axes[r][0].set_title(str(label), fontsize=6, loc="left")
     fig.suptitle("synthetic (left) | held-out real, declared public (right)" if real_labels is not None
                  else "synthetic (no held-out data declared public)", fontsize=8)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path, tight=False, bbox_inches="tight")
 
 
 def write_text_samples(population, class_names, labels, path: Path, per_class: int = 5) -> None:
@@ -277,10 +274,7 @@ def plot_progress(report: dict[str, Any], path: Path) -> None:
 
     Nothing trained on private data is drawn (the opt-in real-data baseline stays in private/).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     gens = [g for g in report["generations"] if "accuracy" in g]
     x = [g["generation"] for g in gens]
@@ -304,9 +298,7 @@ def plot_progress(report: dict[str, Any], path: Path) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     eps = report["privacy"]["epsilon"]
     fig.suptitle(f"epsilon = {eps:.3g}, delta = {report['privacy']['delta']:g}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def summary_lines(report: dict[str, Any], run_dir: Path) -> list[str]:
