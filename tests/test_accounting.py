@@ -431,3 +431,44 @@ def test_plan_refuses_a_plan_that_overspends(monkeypatch: pytest.MonkeyPatch) ->
     )
     with pytest.raises(BudgetError, match=r"privacy\.epsilon"):
         plan_releases(1.0, DELTA, 10, 2)
+
+
+# ---------------------------------------------------------------- the supported range, before any grid
+
+
+def test_a_huge_epsilon_is_refused_before_the_accountant_builds_its_grid(monkeypatch) -> None:
+    """epsilon = 1e9 asked for a 3.7e12-point grid (hundreds of GiB); it must be refused at once,
+    naming the field and the range that fits, without a single PLD built."""
+    from dp_accounting.pld import privacy_loss_distribution
+
+    built = []
+    real = privacy_loss_distribution.from_discrete_gaussian_mechanism
+    monkeypatch.setattr(privacy_loss_distribution, "from_discrete_gaussian_mechanism",
+                        lambda *a, **k: built.append(1) or real(*a, **k))
+    with pytest.raises(BudgetError) as info:
+        plan_releases(1e9, DELTA, 5, 1)
+    text = str(info.value)
+    assert text.startswith("privacy.epsilon: ") and "supported" in text and built == []
+    lo, hi = accounting.supported_epsilons(DELTA, 5, 1)
+    assert lo <= 1.0 <= hi < 1e9
+
+
+def test_the_supported_range_is_what_plans() -> None:
+    lo, hi = accounting.supported_epsilons(DELTA, 5, 1)
+    assert plan_releases(hi, DELTA, 5, 1).epsilon_upper <= hi  # its upper end plans (and fits)
+    with pytest.raises(BudgetError, match=r"^privacy\.epsilon: "):
+        plan_releases(hi * 1.5, DELTA, 5, 1)
+
+
+def test_too_many_releases_are_refused_naming_generations_and_how_many_fit() -> None:
+    with pytest.raises(BudgetError) as info:
+        plan_releases(1.0, DELTA, 5000, 1)
+    text = str(info.value)
+    assert text.startswith("generations: ")
+    most = int(text.split("at most ")[1].split()[0])
+    assert 20 <= most < 5000
+    assert accounting.pld_grid_points(
+        0.9 * accounting.noise_multiplier_closed_form(1.0, DELTA, most), most, 1, accounting.calibration_eps_error(1.0)
+    ) <= accounting.MAX_GRID_POINTS < accounting.pld_grid_points(
+        0.9 * accounting.noise_multiplier_closed_form(1.0, DELTA, most + 1), most + 1, 1,
+        accounting.calibration_eps_error(1.0))
