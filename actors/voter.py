@@ -52,7 +52,7 @@ from privevo.actors.embedders import make_embedder
 from privevo.actors.generators.base import SampleBatch  # imported here, not at the first vote: it arrives in vote_batches
 from privevo.actors.knn import exact_knn
 from privevo.actors.threads import limit_threads
-from privevo.pipelines.data import load_private
+from privevo.pipelines.data import DataError, Split, load_private
 from privevo.pipelines.histogram import vote_counts, weighted_votes
 from privevo.pipelines.metering import ActorMeter
 
@@ -100,6 +100,7 @@ class VoterShard:
         part: tuple[int, int] = (0, 1),
     ) -> None:
         limit_threads(threads, torch=embedder != "pixels" or knn_backend == "torch")
+        self._refused: DataError | None = None
         self.labels = tuple(int(v) for v in labels)
         self.sample_shape = tuple(int(s) for s in sample_shape)
         self.k = int(k)
@@ -120,7 +121,7 @@ class VoterShard:
 
                 self._private = {label: load_class(Path(store), label, index, parts) for label in self.labels}
             else:
-                private = load_private(data, self.labels)
+                private = self._load_private(data)
                 mine = np.sort(np.concatenate(
                     [np.flatnonzero(private.labels == label)[index::parts] for label in self.labels]
                 )) if parts > 1 else np.arange(len(private.labels))
@@ -130,9 +131,20 @@ class VoterShard:
                     label: embedded[kept == label] if embedded is not None else None for label in self.labels
                 }
 
-    def ready(self) -> bool:
-        """True once the private embeddings are loaded (for start-up barriers)."""
-        return True
+    def _load_private(self, data: dict) -> Split:
+        """This shard's classes of the private set; a set the data layer refuses (values outside
+        the declared range, say) is kept as ``_refused`` and handed to the driver by ``ready``:
+        a value, not an actor's crash (which Ray would log, traceback and all, and retry)."""
+        try:
+            return load_private(data, self.labels)
+        except DataError as refused:
+            self._refused = refused
+            return Split(np.zeros((0, *self.sample_shape), dtype=np.float32), np.zeros(0, dtype=np.int64))
+
+    def ready(self) -> bool | DataError:
+        """True once the private embeddings are loaded (for start-up barriers), or the
+        :class:`DataError` that refused the private data (nothing was loaded: no vote is possible)."""
+        return True if self._refused is None else self._refused
 
     def vote(self, batch_labels: Sequence[int], *batches: np.ndarray) -> dict[int, np.ndarray]:
         """Un-noised vote histograms (weighted 1/sqrt(k)), one per class of ``batch_labels``.
@@ -152,6 +164,8 @@ class VoterShard:
         synthetic row in that order. Each vote of a private sample counts 1; the
         driver weighs them 1/sqrt(min(k, n)).
         """
+        if self._refused is not None:
+            raise self._refused  # no private data was loaded: a vote now would be all zeros
         grouped: dict[int, list[np.ndarray]] = {}
         for label, batch in zip(batch_labels, batches, strict=True):
             label = int(label)

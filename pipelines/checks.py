@@ -7,6 +7,9 @@ and the capacity of a local Ray instance. Errors name the file and the field.
 
 from __future__ import annotations
 
+import math
+import os
+import time
 from pathlib import Path
 
 from privevo.pipelines.config import ConfigError, RunConfig, config_differences, load_config, parse_error
@@ -27,7 +30,7 @@ def vote_coordinates(config: RunConfig) -> int:
     return config.vote.k * (2 if config.privacy.neighbour == "replace" else 1)
 
 
-def check_config(config: RunConfig, source: str, info: DatasetInfo | None = None
+def check_config(config: RunConfig, source: str, info: DatasetInfo | None = None, *, this_machine: bool = True,
                  ) -> tuple[PrivacyPlan, DatasetInfo, tuple[int, ...]]:
     """Everything that can be refused before private data is read or budget spent.
 
@@ -82,7 +85,59 @@ def check_config(config: RunConfig, source: str, info: DatasetInfo | None = None
         raise ConfigError(source, "variation.degree_end", "must not exceed variation.degree_start")
     if config.evaluation.real_baseline and info.heldout == "none":
         raise ConfigError(source, "evaluation.real_baseline", "needs held-out data (data.heldout)")
+    if this_machine:  # the driver runs here (``privevo submit`` checks for a driver elsewhere)
+        check_resources(config, info, labels, source)
     return plan, info, labels
+
+
+#: What the driver holds per synthetic sample beyond its pixels: the generator's parameters,
+#: ids and labels, and, for text, the text itself (an estimate: 4 bytes a character).
+PARAMS_BYTES = 512
+TEXT_BYTES = 4096
+#: The driver's peak over one population: the population, the parents taken from it, and the
+#: table and encoded images of the file it becomes.
+DRIVER_COPIES = 4
+
+
+def machine_memory() -> int:
+    """This machine's physical memory in bytes (0 where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def resource_plan(config: RunConfig, info: DatasetInfo, labels: tuple[int, ...]) -> dict[str, float]:
+    """Samples per generation and in the final set, bytes per sample, and the driver's peak
+    memory (``DRIVER_COPIES`` copies of the larger population), from the config and the public
+    description of the data only."""
+    per_generation = config.population.per_class * len(labels)
+    final = config.population.final_per_class * len(labels)
+    pixels = 4 * int(math.prod(info.sample_shape)) if info.modality == "image" else TEXT_BYTES
+    per_sample = pixels + PARAMS_BYTES
+    return {"samples_per_generation": per_generation, "final_samples": final, "bytes_per_sample": per_sample,
+            "driver_bytes": DRIVER_COPIES * per_sample * max(per_generation, final)}
+
+
+def check_resources(config: RunConfig, info: DatasetInfo, labels: tuple[int, ...], source: str,
+                    memory: int | None = None) -> None:
+    """Refuse a run whose populations cannot fit in the driver's memory (``memory``: this
+    machine's), before any private data is read or any release drawn: naming the numbers and
+    the population field to change."""
+    plan = resource_plan(config, info, labels)
+    memory = machine_memory() if memory is None else memory
+    if memory <= 0 or plan["driver_bytes"] <= 0.8 * memory:
+        return
+    larger = ("population.final_per_class" if plan["final_samples"] >= plan["samples_per_generation"]
+              else "population.per_class")
+    samples = max(plan["final_samples"], plan["samples_per_generation"])
+    fits = int(0.8 * memory / (DRIVER_COPIES * plan["bytes_per_sample"]) // len(labels))
+    raise ConfigError(
+        source, larger,
+        f"{samples:,} samples ({len(labels)} classes x {samples // len(labels):,}) of about "
+        f"{plan['bytes_per_sample']:,} bytes need about {plan['driver_bytes'] / 2**30:.1f} GiB in the driver, "
+        f"more than 80% of this machine's {memory / 2**30:.1f} GiB; at most about {fits:,} per class fit",
+    )
 
 
 def check_data(config: RunConfig, source: str) -> None:
@@ -96,6 +151,48 @@ def check_data(config: RunConfig, source: str) -> None:
         raise ConfigError(source, getattr(exc, "field", None) or "data.path", str(exc)) from None
 
 
+
+
+def data_error_of(exc: BaseException) -> DataError | None:
+    """The :class:`DataError` behind ``exc``: itself, or the cause of a Ray actor's or task's
+    failure (a voter refusing the private data it loads), or None."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, DataError):
+            return e
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+        as_cause = getattr(e, "as_instanceof_cause", None)  # Ray's RayTaskError
+        if callable(as_cause):
+            try:
+                todo.append(as_cause())
+            except Exception:  # noqa: BLE001 - a cause Ray cannot rebuild is no DataError
+                pass
+    return None
+
+
+def refuse_data(error: DataError, source: str) -> ConfigError:
+    """The refusal a user sees for private data that cannot be used (before any release is drawn).
+
+    The message names the file and field only; the offending rows, where known, go to an
+    owner-only file under ``$PRIVEVO_PRIVATE_DIR`` or ``~/.cache/privevo`` (for the data owner:
+    never into the run directory, a log or a Ray job's output), and the message names that file.
+    """
+    message = str(error)
+    if error.private_rows:
+        from privevo.pipelines.files import private_root, write_json_atomic
+
+        folder = private_root() / "data-errors"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
+        write_json_atomic(path, {"field": error.field, "message": message, "rows": error.private_rows})
+        os.chmod(path, 0o600)
+        message += f"; rows: {path} (owner-only)"
+    return ConfigError(source, error.field, message)
 
 
 def check_models(config: RunConfig, source: str) -> None:

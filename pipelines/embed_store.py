@@ -62,7 +62,7 @@ from typing import Any
 
 import numpy as np
 
-from privevo.pipelines.files import atomic_open, private_dir, write_json_atomic
+from privevo.pipelines.files import atomic_open, private_dir, private_root, write_json_atomic
 
 STORE_FORMAT = 2
 STORE_KINDS = ("image_folder", "parquet_shards")
@@ -72,20 +72,9 @@ UNIT_SIZE = 1024
 MANIFEST = "manifest.json"
 INDEX = "index.npy"
 UNITS = "units"
-PRIVATE_DIR_ENV = "PRIVEVO_PRIVATE_DIR"
 
 
 # --------------------------------------------------------------------------- where
-
-
-def private_root() -> Path:
-    """The owner-only folder for private data kept between runs: ``$PRIVEVO_PRIVATE_DIR`` or ``~/.cache/privevo``.
-
-    Created (with missing parents) mode 0o700 if missing, and set to 0o700 if not.
-    """
-    root = Path(os.environ.get(PRIVATE_DIR_ENV) or "~/.cache/privevo").expanduser().absolute()
-    private_dir(root)
-    return root
 
 
 def store_path(setting: str, data: Any, run_dir: Path | None = None, *, embedder: str = "pixels",

@@ -31,7 +31,7 @@ import numpy as np
 
 from privevo.actors.generators.base import SampleBatch
 from privevo.pipelines.config import ConfigError, RunConfig
-from privevo.pipelines.data import DatasetInfo
+from privevo.pipelines.data import DataError, DatasetInfo
 from privevo.pipelines.histogram import degree_schedule
 from privevo.pipelines.metering import ActorUsage, GenerationMeter, MeteredRay
 from privevo.pipelines.population import ID_STRIDE, Parents, Population
@@ -399,8 +399,11 @@ class ActorEngine:
         return self.ray.get(self.voters[0].embed.remote(samples))
 
     def wait_ready(self) -> None:
-        """Wait until every actor is built (models loaded, private embeddings in the voters)."""
-        self.ray.get([actor.ready.remote() for actor in [*self.generators, *self.voters]])
+        """Wait until every actor is built (models loaded, private embeddings in the voters); raise
+        the :class:`DataError` of a voter that refused the private data it loads."""
+        for answer in self.ray.get([actor.ready.remote() for actor in [*self.generators, *self.voters]]):
+            if isinstance(answer, DataError):
+                raise answer
 
     def request_stats(self) -> list[Any]:
         """Ask every actor for its metering so far (after the calls already sent it); see ``collect_stats``."""

@@ -31,6 +31,8 @@ from privevo.pipelines.checks import (
     check_config,
     check_data,
     check_resume,
+    data_error_of,
+    refuse_data,
 )
 from privevo.pipelines.config import ConfigError, RunConfig, dump_config, load_config
 from privevo.pipelines.data import DatasetInfo, load_heldout, write_parquet_atomic
@@ -410,9 +412,16 @@ def synthesize(
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(str(run_dir), "--out", "run directory exists and is not empty; use --resume to continue it")
     check_data(config, source)
-    return _run_in(run_dir, config, plan, info, labels, fresh=not resume, insecure_noise_seed=insecure_noise_seed,
-                   progress=progress, observer=observer,
-                   keep_populations=keep_populations)
+    try:
+        return _run_in(run_dir, config, plan, info, labels, fresh=not resume, insecure_noise_seed=insecure_noise_seed,
+                       progress=progress, observer=observer, keep_populations=keep_populations)
+    except Exception as exc:
+        # Private data the voters refuse as they load it (non-finite values, values outside the
+        # declared range): before any release is drawn, one line naming the file and field.
+        refused = data_error_of(exc)
+        if refused is None:
+            raise
+        raise refuse_data(refused, source) from None
 
 
 def rebuild(run_dir: str | Path, out: str | Path, *, progress: bool = False,

@@ -126,6 +126,18 @@ def private_dir(path: str | Path) -> Path:
     return path
 
 
+#: The environment variable naming the owner-only folder for private data kept between runs.
+PRIVATE_DIR_ENV = "PRIVEVO_PRIVATE_DIR"
+
+
+def private_root() -> Path:
+    """The owner-only folder for private data kept between runs (embedding stores, the rows of
+    refused records): ``$PRIVEVO_PRIVATE_DIR`` or ``~/.cache/privevo``, made 0o700."""
+    root = Path(os.environ.get(PRIVATE_DIR_ENV) or "~/.cache/privevo").expanduser().absolute()
+    private_dir(root)
+    return root
+
+
 #: The lock file of a run directory.
 LOCK_FILE = ".lock"
 

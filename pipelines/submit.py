@@ -308,7 +308,7 @@ def check_job_config(config_path: str | Path, job: JobKind, overrides: Sequence[
         from privevo.pipelines.evolution import check_config
 
         config = load_config(config_path, list(overrides))
-        check_config(config, str(config_path))
+        check_config(config, str(config_path), this_machine=False)  # the job's driver checks its own memory
         return config
     if job == "audit":
         from privevo.pipelines.audit.job import load_audit_config

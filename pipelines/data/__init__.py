@@ -78,8 +78,10 @@ from .declared import (
     DIGITS_NAMES,
     DIGITS_PRIVATE,
     HELDOUT_MODES,
+    IMAGE_MAX_VALUE,
     NOT_SHOWN,
     DataError,
+    check_sample_values,
     class_names_of,
     heldout_mode,
     public_size,
@@ -105,7 +107,7 @@ from .synthetic import (
 
 __all__ = [
     "DIGITS_HELDOUT", "DIGITS_NAMES", "DIGITS_PRIVATE", "DIGITS_SPLIT_SEED", "HELDOUT_MODES", "IMAGE_SUFFIXES",
-    "NOT_SHOWN", "DataError", "DatasetInfo", "RowSource", "Split", "check_parquet_schema", "check_private_labels",
+    "IMAGE_MAX_VALUE", "NOT_SHOWN", "DataError", "check_sample_values", "DatasetInfo", "RowSource", "Split", "check_parquet_schema", "check_private_labels",
     "class_names_of", "dataset_info", "decode_image_values", "heldout_mode", "huggingface_features", "image_png",
     "load_heldout", "load_private", "npz_header", "parquet_files", "public_size", "read_image_files",
     "read_parquet_rows", "read_rows", "read_synthetic", "record_held_out", "split_rows", "synthetic_table",

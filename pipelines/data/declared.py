@@ -17,13 +17,48 @@ DIGITS_NAMES = tuple(str(d) for d in range(10))
 HELDOUT_MODES = ("none", "split", "path", "bundled")
 NOT_SHOWN = "the value is private and not shown"
 
+#: The value range of images read from files (image folders, parquet shards): 8-bit, 0..255.
+IMAGE_MAX_VALUE = 255.0
+
 
 class DataError(ValueError):
-    """A dataset that cannot be read as configured; ``field`` names the config field."""
+    """A dataset that cannot be read as configured; ``field`` names the config field.
 
-    def __init__(self, field: str, message: str) -> None:
+    ``private_rows`` (never part of the message) are the offending records' rows in their file,
+    for the data owner only: the driver writes them to an owner-only file, never to a log.
+    """
+
+    def __init__(self, field: str, message: str, private_rows: Any = None) -> None:
         self.field = field
+        self.private_rows = None if private_rows is None else [int(r) for r in private_rows]
         super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses process boundaries (a Ray actor's error) whole
+        return (DataError, (self.field, str(self), self.private_rows))
+
+
+def check_sample_values(samples: np.ndarray, max_value: float, where: Any, field: str = "data.path",
+                        rows: np.ndarray | None = None) -> None:
+    """Refuse images that are not numeric, or hold a value that is not finite or lies outside
+    [0, max_value] (the declared range every bound of the run assumes). The message names the
+    file and field only; the offending rows (``rows[i]`` for sample i, default i) go with the
+    error as ``private_rows``."""
+    samples = np.asarray(samples)
+    if samples.dtype.kind not in "biuf":
+        raise DataError(field, f"{where}: samples must be numeric, got dtype {samples.dtype}")
+    flat = samples.reshape(len(samples), -1)
+    bad = np.zeros(len(samples), dtype=bool)
+    for start in range(0, len(samples), 4096):  # bounded memory on large sets
+        block = flat[start:start + 4096]
+        bad[start:start + 4096] = ~(np.isfinite(block) & (block >= 0) & (block <= max_value)).all(axis=1)
+    if bad.any():
+        found = np.flatnonzero(bad)
+        raise DataError(
+            field,
+            f"{where}: samples hold values that are not finite or lie outside [0, {max_value:g}], the declared "
+            f"range ({NOT_SHOWN})",
+            private_rows=found if rows is None else np.asarray(rows)[found],
+        )
 
 
 def config_value(data: Any, key: str, default: Any = None) -> Any:

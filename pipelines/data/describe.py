@@ -15,6 +15,7 @@ from typing import Any
 from .arrays import arrays_names, npz_arrays, npz_header, npz_max_value
 from .declared import (
     HELDOUT_MODES,
+    IMAGE_MAX_VALUE,
     DataError,
     class_names_of,
     config_value,
@@ -114,7 +115,7 @@ def dataset_info(data: Any) -> DatasetInfo:
             elif not root.is_dir():
                 raise DataError(field, f"{root}: not a directory (expected one subfolder per class)")
         return DatasetInfo(name=path.name, modality="image", labels=labels, class_names=class_names,
-                           sample_shape=(*size, channels) if channels == 3 else size, max_value=255.0, heldout=heldout)
+                           sample_shape=(*size, channels) if channels == 3 else size, max_value=IMAGE_MAX_VALUE, heldout=heldout)
     if kind == "text_table":
         for source, field in sources:
             check_text_columns(data, source, field)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .arrays import arrays_split
-from .declared import DataError, class_names_of, config_value, heldout_mode, source_of
+from .declared import IMAGE_MAX_VALUE, DataError, check_sample_values, class_names_of, config_value, heldout_mode, source_of
 from .digits import digits_split
 from .images import folder_index, image_buffer, read_image_files
 from .parquet_shards import (
@@ -92,11 +92,13 @@ def read_rows(data: Any, source: RowSource, rows: np.ndarray) -> np.ndarray:
         return _load_split(data, "private").samples[rows]
     size, channels = tuple(config_value(data, "image_size")), int(config_value(data, "channels", 3))
     if source.kind == "image_folder":
-        return read_image_files([source.files[i] for i in rows], size, channels)
+        return read_image_files([source.files[i] for i in rows], size, channels)  # decoded 8-bit images
     out = image_buffer(len(rows), size, channels)
     for f in np.unique(source.file_of[rows]):
         where = np.flatnonzero(source.file_of[rows] == f)
         out[where] = read_parquet_rows(data, source.files[f], source.offsets[rows[where]])
+        # raw pixel lists may hold anything; encoded images decode to 0..255
+        check_sample_values(out[where], IMAGE_MAX_VALUE, source.files[f], rows=source.offsets[rows[where]])
     return out
 
 
