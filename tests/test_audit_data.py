@@ -199,3 +199,27 @@ def test_pe_runs_config_is_the_synthesize_file_with_the_overrides_merged(tmp_pat
         f"data.class_names={NAMES}", "data.heldout=path", f"data.heldout_path={data['path']}",
         "evaluation.every_generation=false"])
     assert run == old
+
+
+def test_image_folder_data_with_a_held_out_split(tmp_path):
+    """image_folder: one subfolder per declared class, RGB PNGs, held-out records by hash split."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    root = tmp_path / "shapes"
+    for c, name in enumerate(NAMES):
+        (root / name).mkdir(parents=True)
+        for i in range(12):
+            img = rng.integers(0, 56, (6, 6, 3)).astype(np.uint8)
+            img[2 * c:2 * c + 2] = 230
+            Image.fromarray(img).save(root / name / f"{i}.png")
+    data = {"kind": "image_folder", "path": str(root), "class_names": NAMES, "image_size": [6, 6], "channels": 3,
+            "heldout": "split", "heldout_fraction": 0.25}
+    got = audit_data.prepare_data(arrays_config(data, canaries={"count": 3}))
+    assert got.class_names == tuple(NAMES) and got.max_value == 255.0 and got.sample_shape == (6, 6, 3)
+    assert got.x.shape[1:] == got.x_test.shape[1:] == (3, 6, 6) and len(got.x) + len(got.x_test) == 36
+    assert 0 <= got.x.min() and got.x.max() <= 1 and ((got.canary_y >= 0) & (got.canary_y < 3)).all()
+    # class c is bright on rows 2c, 2c+1 in every channel, as the files say
+    for x, y in ((got.x[got.canary_of < 0], got.y[got.canary_of < 0]), (got.x_test, got.y_test)):
+        bright = x.mean(axis=(1, 3)).argmax(axis=1)  # (n, H): the brightest row of each image
+        assert (bright // 2 == y).all()
