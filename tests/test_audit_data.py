@@ -223,3 +223,22 @@ def test_image_folder_data_with_a_held_out_split(tmp_path):
     for x, y in ((got.x[got.canary_of < 0], got.y[got.canary_of < 0]), (got.x_test, got.y_test)):
         bright = x.mean(axis=(1, 3)).argmax(axis=1)  # (n, H): the brightest row of each image
         assert (bright // 2 == y).all()
+
+
+def test_an_audit_stored_with_set_strings_resumes_under_synthesize_overrides(tmp_path):
+    import yaml
+
+    from privevo.pipelines.audit.schedule import check_resume
+
+    def audit(runs: int = 4, **pe) -> AuditConfig:
+        return AuditConfig.model_validate({"runs": runs, "paradigms": [{"kind": "pe", "epsilon": 1.0, **pe}]})
+
+    out = tmp_path / "audit"
+    out.mkdir()
+    stored = audit().model_dump(mode="json")
+    del stored["paradigms"][0]["synthesize_overrides"]
+    stored["paradigms"][0]["set"] = ["generations=2", "vote.k=1"]  # as an audit before the rename wrote it
+    (out / "config.yaml").write_text(yaml.safe_dump(stored))
+    check_resume(audit(8, synthesize_overrides={"generations": 2, "vote": {"k": 1}}), out, "a.yaml")  # extended
+    with pytest.raises(ConfigError, match=r"paradigms\.0\.synthesize_overrides\.vote\.k: differs"):
+        check_resume(audit(synthesize_overrides={"generations": 2, "vote": {"k": 2}}), out, "a.yaml")
