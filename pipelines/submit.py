@@ -312,15 +312,14 @@ def check_job_config(config_path: str | Path, job: JobKind, overrides: Sequence[
         return config
     if job == "audit":
         from privevo.pipelines.audit.job import load_audit_config
-        from privevo.pipelines.config import load_config
+        from privevo.pipelines.audit.pe_runs import pe_config_template
 
         config = load_audit_config(config_path, list(overrides))
-        for paradigm in config.paradigms:
+        for index, paradigm in enumerate(config.paradigms):
             if paradigm.kind == "pe":
-                # The job resolves this path in its working directory, and replaces the data
-                # with each audit run's own private set (hence data.kind=digits here).
-                load_config(Path(working_dir) / paradigm.synthesize,
-                            [*paradigm.set, f"privacy.epsilon={paradigm.epsilon}", "data.kind=digits"])
+                # The job resolves this path in its working directory (each run's data is the
+                # audit run's own private set).
+                pe_config_template(config, index, str(config_path), base_dir=working_dir)
         return config
     raise ConfigError("command line", "--job", f"expected one of {list(JOBS)}, got {job!r}")
 

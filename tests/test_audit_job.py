@@ -83,7 +83,8 @@ canaries: {{count: 100}}
 training: {{hidden: [64], epochs: 30}}
 paradigms:
   - {{kind: pe, epsilon: 6.0, synthesize: {digits},
-      set: [generations=2, population.per_class=20, population.final_per_class=40, vote.k=1, generators=1]}}
+      synthesize_overrides: {{generations: 2, population: {{per_class: 20, final_per_class: 40}}, vote: {{k: 1}},
+                             generators: 1}}}}
 """
     out = tmp_path / "audit"
     assert main(["audit", str(write_config(tmp_path, text)), "--out", str(out)]) == 0

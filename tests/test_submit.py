@@ -70,8 +70,8 @@ def test_bad_audit_config_is_refused(dead_address):
     assert info.value.field == "runs"
     with pytest.raises(ConfigError) as info:  # a PE paradigm's own synthesize config is checked too
         jobs.submit(ROOT / "configs/audit-digits.yaml", dead_address, job="audit",
-                    overrides=["paradigms=[{kind: pe, epsilon: 1, set: [vote.k=0]}]"])
-    assert info.value.field == "vote.k"
+                    overrides=["paradigms=[{kind: pe, epsilon: 1, synthesize_overrides: {vote: {k: 0}}}]"])
+    assert info.value.field == "paradigms.0.synthesize_overrides.vote.k"
 
 
 def test_cli_names_file_and_field_and_exits_2(dead_address, capsys):

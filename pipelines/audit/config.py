@@ -1,17 +1,20 @@
 """The audit's config: what is audited (paradigms, canaries, training) and how it is spread.
 
-Pydantic models only; loading a file and checking what the paradigms need beyond their own
-fields (their options, PE's synthesize config) is ``job.load_audit_config``'s and
-``paradigms.check_paradigms``'s.
+Pydantic models only; loading a file and checking what needs more than the config (the data's
+public description from its file headers, ``data.describe_data``; the paradigms' options and PE's
+synthesize config, ``paradigms.check_paradigms``) is ``job.load_audit_config``'s.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from privevo.pipelines.config import DataConfig, parse_error
 
 __all__ = [
+    "AUDIT_DATA_KINDS",
     "AUDIT_KINDS",
     "AuditConfig",
     "CanaryConfig",
@@ -23,6 +26,10 @@ __all__ = [
 #: The paradigms the audit provides itself; every other kind is an installed ``privevo.paradigms``
 #: plugin (the built-in coreset, distill, dfkd and diffusion are declared that way too).
 AUDIT_KINDS = ("none", "dpsgd", "pe")
+
+#: The data kinds the audit reads: image data (its classifiers are image classifiers; text
+#: canaries, secret strings, have no training paradigm yet).
+AUDIT_DATA_KINDS = ("digits", "arrays", "image_folder", "parquet_shards")
 
 
 class _Strict(BaseModel):
@@ -72,7 +79,9 @@ class ParadigmConfig(_Strict):
                       "(built in: coreset, distill, dfkd, diffusion)")
     epsilon: float | None = Field(None, gt=0, description="dpsgd/pe: target epsilon")
     synthesize: str = Field("configs/digits.yaml", description="pe: the synthesize config each run uses")
-    set: list[str] = Field(default_factory=list, description="pe: overrides of the synthesize config")
+    synthesize_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="pe: a nested mapping merged into the synthesize config, e.g. "
+        "{generations: 2, vote: {k: 1}} (the audit sets seed, data, privacy.epsilon and privacy.delta itself)")
     options: dict[str, Any] = Field(default_factory=dict, description="coreset/distill/dfkd/diffusion options")
     one_run: bool = Field(False, description="one run, each canary in with probability 1/2 (one-run audit)")
     one_run_guesses: float = Field(0.1, gt=0, le=0.5, description="one-run: fraction of canaries guessed in, "
@@ -82,6 +91,14 @@ class ParadigmConfig(_Strict):
     batch_size: int | None = Field(None, ge=1, description="overrides training.batch_size")
     lr: float | None = Field(None, gt=0, description="overrides training.lr")
     momentum: float | None = Field(None, ge=0, lt=1, description="overrides training.momentum")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "set" in data:
+            raise ValueError("set: replaced by synthesize_overrides, a nested mapping merged into the synthesize "
+                             "config: write [generations=2, vote.k=1] as {generations: 2, vote: {k: 1}}")
+        return data
 
     @model_validator(mode="after")
     def _dp_needs_epsilon(self) -> ParadigmConfig:
@@ -95,6 +112,8 @@ class ParadigmConfig(_Strict):
                              f"{plugins.GROUPS['paradigm']!r} entry points)")
         if self.options and self.kind in AUDIT_KINDS:
             raise ValueError(f"options: the kinds {', '.join(AUDIT_KINDS)} take none (plugin paradigms do)")
+        if self.synthesize_overrides and self.kind != "pe":
+            raise ValueError(f"synthesize_overrides: only kind 'pe' runs a synthesize config (this is {self.kind!r})")
         return self
 
     @property
@@ -123,6 +142,23 @@ class AuditConfig(_Strict):
         bad = [n for n in names if not n.replace("-", "").replace("_", "").replace(".", "").isalnum()]
         if bad:
             raise ValueError(f"paradigms: names become folder names: use letters, digits, '-', '_', '.' ({bad[0]!r})")
-        if self.data.get("kind", "digits") != "digits":
-            raise ValueError("data.kind: the audit supports the bundled digits set for now")
+        self._check_data()
         return self
+
+    def _check_data(self) -> None:
+        """``data`` as a synthesize run's data section (``DataConfig``), then what the audit needs
+        of it: image data, every declared class, held-out data. Reads no file but the paths'
+        existence; the description from the files' headers is ``data.describe_data``'s."""
+        try:
+            data = DataConfig.model_validate(self.data)
+        except ValidationError as exc:
+            err = parse_error(exc, "", "data")
+            raise ValueError(str(err).removeprefix(": ")) from None
+        if data.kind not in AUDIT_DATA_KINDS:
+            raise ValueError(f"data.kind: the audit trains image classifiers; it reads {', '.join(AUDIT_DATA_KINDS)}, "
+                             f"not {data.kind!r}")
+        if data.labels is not None:
+            raise ValueError("data.labels: the audit trains on every declared class; leave it out")
+        if data.kind != "digits" and data.heldout == "none":
+            raise ValueError("data.heldout: the audit needs held-out data (test accuracy, synthetic-data scores): "
+                             "declare heldout: path (with heldout_path) or heldout: split")

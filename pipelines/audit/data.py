@@ -1,8 +1,15 @@
 """The audit's data: the private set with its canaries planted, membership, and every run's seed.
 
-Everything here is derived from the config alone (its seed and canary settings), so every chunk
-task, retried or resumed, computes the same canaries, membership and seeds. ``AuditData`` holds
-private data: it lives in memory, or under the audit's ``private/`` folder.
+Everything here is derived from the config alone (its seed and canary settings) and the data's
+public description (``DatasetInfo``: the declared classes, the value range and the sample shape,
+read from the config and file headers), so every chunk task, retried or resumed, computes the same
+canaries, membership and seeds. ``AuditData`` holds private data: it lives in memory, or under the
+audit's ``private/`` folder.
+
+The runs see every sample as features: float32 in [0, 1] (the sample over the data's
+``max_value``), images channels first ((H, W) stays (H, W); (H, W, C) becomes (C, H, W)), the
+layout the training code shifts and flips. ``AuditData.samples`` turns features back into the
+data's own layout and range (what a nested PE run reads).
 """
 
 from __future__ import annotations
@@ -19,36 +26,70 @@ from privevo.pipelines.audit.canaries import (
     paired_membership,
 )
 from privevo.pipelines.audit.config import AuditConfig, ParadigmConfig
-from privevo.pipelines.data import load_heldout, load_private
+from privevo.pipelines.config import ConfigError
+from privevo.pipelines.data import (
+    DIGITS_NAMES,
+    DataError,
+    DatasetInfo,
+    dataset_info,
+    load_heldout,
+    load_private,
+)
 
 __all__ = [
-    "N_CLASSES",
     "AuditData",
-    "digit_features",
+    "describe_data",
+    "has_public_set",
     "paradigm_membership",
     "paradigm_runs",
     "pe_seed",
     "prepare_data",
     "public_digits",
     "run_seed",
+    "to_features",
+    "to_samples",
 ]
 
-N_CLASSES = 10  # the digits set
 _CANARY_KEY, _ONE_RUN_KEY, _PE_KEY = 0x63616E61, 0x6F6E6572, 7
 
 
-def digit_features(images: np.ndarray) -> np.ndarray:
-    """Digits' 0..16 pixel values as the runs see them: (n, 8, 8) float32 in [0, 1]."""
-    return (np.asarray(images, dtype=np.float32) / 16.0).reshape(len(images), 8, 8)
+def describe_data(config: AuditConfig, source: str = "config") -> DatasetInfo:
+    """The public description of the audit's data (classes, value range, sample shape), from the
+    config and file headers only: no private record is read. Raises ConfigError naming the field."""
+    try:
+        info = dataset_info(config.data)
+    except DataError as exc:
+        raise ConfigError(source, exc.field, str(exc)) from None
+    if info.modality != "image":
+        raise ConfigError(source, "data.kind", f"the audit trains image classifiers; {info.name} is {info.modality}")
+    if len(info.labels) < 2:
+        raise ConfigError(source, "data.class_names", "the audit needs at least 2 classes (canaries are mislabeled)")
+    return info
+
+
+def to_features(samples: np.ndarray, max_value: float, sample_shape: tuple[int, ...]) -> np.ndarray:
+    """Samples of the data's layout and range as the runs see them: float32 in [0, 1], images
+    channels first (digits: the 0..16 values over 16, (n, 8, 8))."""
+    x = (np.asarray(samples, dtype=np.float32) / float(max_value)).reshape(len(samples), *sample_shape)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if x.ndim == 4 else x
+
+
+def to_samples(x: np.ndarray, max_value: float, sample_shape: tuple[int, ...]) -> np.ndarray:
+    """The inverse of ``to_features``: the data's layout (channels last) and value range."""
+    x = np.asarray(x, dtype=np.float32)
+    if len(sample_shape) == 3:
+        x = x.transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(x.reshape(len(x), *sample_shape)) * float(max_value)
 
 
 @dataclass
 class AuditData:
     """The private set with its canaries planted, and the held-out set. Private.
 
-    ``x`` (n, 8, 8) in [0, 1] and ``y`` are the training rows: the private set with each canary
-    row replaced by its canary, then the extra copies of duplicated canaries; ``canary_of[i]`` is
-    the canary of row i (-1: always in).
+    ``x`` (n, *shape) features in [0, 1] and ``y`` are the training rows: the private set with
+    each canary row replaced by its canary, then the extra copies of duplicated canaries;
+    ``canary_of[i]`` is the canary of row i (-1: always in). ``n_classes``, ``class_names``,
+    ``max_value`` and ``sample_shape`` are the data's public description (``DatasetInfo``).
     """
 
     x: np.ndarray
@@ -61,10 +102,30 @@ class AuditData:
     x_test: np.ndarray
     y_test: np.ndarray
     repeat: int
+    class_names: tuple[str, ...]
+    max_value: float
+    sample_shape: tuple[int, ...]  # one sample in the data's layout ((H, W) or (H, W, C))
 
     @property
     def n_canaries(self) -> int:
         return len(self.canary_rows)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """One sample's features as the runs see them (images channels first)."""
+        return tuple(self.x.shape[1:])
+
+    def features(self, samples: np.ndarray) -> np.ndarray:
+        """Samples in the data's layout and range (a PE run's synthetic set) as features."""
+        return to_features(samples, self.max_value, self.sample_shape)
+
+    def samples(self, x: np.ndarray) -> np.ndarray:
+        """Features back in the data's layout and value range (what a PE run reads)."""
+        return to_samples(x, self.max_value, self.sample_shape)
 
     def weights(self, membership: np.ndarray) -> np.ndarray:
         """(R, n) 0/1 mask of the rows each run trains on, from membership (R, n_canaries)."""
@@ -76,40 +137,52 @@ class AuditData:
 
 def prepare_data(config: AuditConfig) -> AuditData:
     """Canaries drawn and made worst-case from (seed, canary key) alone: the same in every task."""
+    info = describe_data(config)
+    n_classes = len(info.labels)
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, _CANARY_KEY]))
     private = load_private(config.data)
     heldout = load_heldout(config.data)
-    x = digit_features(private.samples)
+    x = to_features(private.samples, info.max_value, info.sample_shape)
     y = private.labels.astype(np.int64).copy()
     rows = choose_canaries(y, config.canaries.count, rng)
     true = y[rows].copy()
     if config.canaries.kind == "ood":
         x[rows] = ood_images(x[rows], 1.0, rng, config.canaries.pattern).astype(np.float32)
-        labels = rng.integers(0, N_CLASSES, len(rows))
+        labels = rng.integers(0, n_classes, len(rows))
     else:
-        labels = mislabel(true, N_CLASSES, rng)
+        labels = mislabel(true, n_classes, rng)
     y[rows] = labels
     canary_of = np.full(len(y), -1, dtype=np.int64)
     canary_of[rows] = np.arange(len(rows))
     m = int(config.canaries.repeat)
     if m > 1:
-        x = np.concatenate([x, np.tile(x[rows], (m - 1, 1, 1))])
+        x = np.concatenate([x, np.tile(x[rows], (m - 1,) + (1,) * (x.ndim - 1))])
         y = np.concatenate([y, np.tile(labels, m - 1)])
         canary_of = np.concatenate([canary_of, np.tile(np.arange(len(rows)), m - 1)])
     return AuditData(x, y, canary_of, rows, x[rows].copy(), labels, true,
-                     digit_features(heldout.samples), heldout.labels.astype(np.int64), m)
+                     to_features(heldout.samples, info.max_value, info.sample_shape),
+                     heldout.labels.astype(np.int64), m, class_names=tuple(info.class_names[c] for c in info.labels),
+                     max_value=float(info.max_value), sample_shape=tuple(info.sample_shape))
+
+
+def has_public_set(config: AuditConfig) -> bool:
+    """Whether the audit has a public set for paradigms that start from public data: only for
+    the bundled digits (the digit simulator's prior); other data declares none."""
+    return config.data.get("kind", "digits") == "digits"
 
 
 def public_digits(seed: int, per_class: int = 50) -> tuple[np.ndarray, np.ndarray]:
-    """A public set for paradigms that start from public data: the digit simulator's prior.
+    """A public set for paradigms that start from public data, for the digits data only: the
+    digit simulator's prior, as features.
 
     It is drawn from the simulator alone (fonts and strokes), so it carries no private information.
     """
     from privevo.actors.generators.simulator import DigitSimulator
 
-    labels = np.repeat(np.arange(N_CLASSES), per_class)
+    labels = np.repeat(np.arange(len(DIGITS_NAMES)), per_class)
     batch = DigitSimulator().random(labels, seed)
-    return digit_features(np.asarray(batch.samples)), labels
+    info = dataset_info({"kind": "digits"})
+    return to_features(np.asarray(batch.samples), info.max_value, info.sample_shape), labels
 
 
 def run_seed(seed: int, index: int, run: int) -> int:

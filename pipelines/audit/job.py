@@ -8,8 +8,10 @@ the runs and raising ``runs`` later only appends runs.
 
 The job, in order, and the module of each step:
 
-1. ``load_audit_config``: the config (``config``), and what each paradigm needs beyond its own
-   fields, checked before any data is read (``paradigms``: one registry entry per kind);
+1. ``load_audit_config``: the config (``config``), the data's public description (classes, value
+   range, sample shape: ``data.describe_data``, from the config and file headers) and what each
+   paradigm needs beyond its own fields, all checked before any data is read (``paradigms``: one
+   registry entry per kind);
 2. the audit directory, or the audit already in it to resume or extend (``schedule``), and the
    private set with its canaries planted (``data``);
 3. every missing chunk of runs as a Ray task (``schedule``), each training its runs as one
@@ -41,6 +43,7 @@ import yaml
 from pydantic import ValidationError
 
 from privevo.pipelines.audit.config import AuditConfig
+from privevo.pipelines.audit.data import describe_data
 from privevo.pipelines.audit.paradigms import audit_paradigm, check_paradigms
 from privevo.pipelines.audit.reduce import reduce_audit, summary_table
 from privevo.pipelines.audit.schedule import (
@@ -71,6 +74,7 @@ def load_audit_config(path: str | Path, overrides: list[str] | None = None) -> A
         config = AuditConfig.model_validate(raw)
     except ValidationError as exc:
         raise parse_error(exc, source) from None
+    describe_data(config, source)
     check_paradigms(config, source)
     return config
 
@@ -87,6 +91,7 @@ def run_audit(config: AuditConfig, out_dir: Path, *, source: str = "config", pro
 
     from privevo.pipelines.ray_session import ensure_ray
 
+    describe_data(config, source)
     options = check_paradigms(config, source)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from privevo.pipelines.audit.chunks import Chunk, Trained, synthetic_level
 from privevo.pipelines.audit.config import AuditConfig
-from privevo.pipelines.audit.data import N_CLASSES, pe_seed, public_digits
+from privevo.pipelines.audit.data import has_public_set, pe_seed, public_digits
 from privevo.pipelines.config import ConfigError, parse_error
 
 __all__ = [
@@ -73,7 +73,7 @@ class PlainTraining(AuditParadigm):
         from privevo.actors.training.train import train_batched
 
         data = chunk.data
-        return Trained(train_batched(data.x, data.y, chunk.weights, chunk.spec, chunk.seeds, n_classes=N_CLASSES))
+        return Trained(train_batched(data.x, data.y, chunk.weights, chunk.spec, chunk.seeds, n_classes=data.n_classes))
 
 
 class DPSGDTraining(AuditParadigm):
@@ -96,7 +96,7 @@ class DPSGDTraining(AuditParadigm):
         steps = dpsgd_steps(spec.epochs, sample_rate)
         sigma = dpsgd_noise_multiplier(paradigm.epsilon, config.delta, sample_rate, steps)
         model = train_batched_dpsgd(
-            data.x, data.y, chunk.weights, spec, chunk.seeds, n_classes=N_CLASSES, noise_multiplier=sigma,
+            data.x, data.y, chunk.weights, spec, chunk.seeds, n_classes=data.n_classes, noise_multiplier=sigma,
             max_grad_norm=paradigm.max_grad_norm, sample_rate=sample_rate, steps=steps,
         )
         accounted = dpsgd_epsilon(sigma, sample_rate, steps, config.delta)
@@ -117,12 +117,11 @@ class PETraining(AuditParadigm):
     nested_ray = True
 
     def check(self, config: AuditConfig, index: int, source: str) -> Any:
-        from privevo.pipelines.audit.pe_runs import pe_overrides
-        from privevo.pipelines.config import load_config
+        """The runs' synthesize config before each run's seed and data (``pe_runs``), validated:
+        the chunk tasks build every run's config from it."""
+        from privevo.pipelines.audit.pe_runs import pe_config_template
 
-        p = config.paradigms[index]
-        load_config(p.synthesize, pe_overrides(p, config, seed=0, data_path=None))
-        return None
+        return pe_config_template(config, index, source)
 
     def train(self, chunk: Chunk) -> Trained:
         from privevo.actors.training.train import train_batched
@@ -130,7 +129,7 @@ class PETraining(AuditParadigm):
 
         x_syn, y_syn, owner, accounted, extra = run_pe_chunk(chunk)
         mask = (owner[None, :] == np.arange(len(chunk.runs))[:, None]).astype(np.float32)
-        model = train_batched(x_syn, y_syn, mask, chunk.spec, chunk.seeds, n_classes=N_CLASSES)
+        model = train_batched(x_syn, y_syn, mask, chunk.spec, chunk.seeds, n_classes=chunk.data.n_classes)
         return Trained(model, accounted, extra)
 
     def concurrency(self, config: AuditConfig, index: int, cluster: dict[str, float], source: str) -> int | None:
@@ -140,11 +139,11 @@ class PETraining(AuditParadigm):
         from privevo.pipelines.audit.pe_runs import pe_run_resources
 
         limit = None
-        for kind, amount in pe_run_resources(config, config.paradigms[index]).items():
+        for kind, amount in pe_run_resources(config, index, source=source).items():
             if amount > 0:
                 fit = int(float(cluster.get(kind, 0.0)) // amount)
                 if fit < 1 and not os.environ.get("RAY_ADDRESS"):
-                    raise ConfigError(source, f"paradigms.{index}.set",
+                    raise ConfigError(source, f"paradigms.{index}.synthesize_overrides",
                                       f"one PE run needs {amount:g} {kind}s (its actors and baseline task) but the "
                                       f"Ray instance has {float(cluster.get(kind, 0.0)):g}; lower its resources")
                 limit = fit if limit is None else min(limit, fit)
@@ -164,14 +163,19 @@ class ExternalParadigm(AuditParadigm):
 
     def check(self, config: AuditConfig, index: int, source: str) -> Any:
         try:
-            return self.impl.Options.model_validate(config.paradigms[index].options)
+            options = self.impl.Options.model_validate(config.paradigms[index].options)
         except ValidationError as exc:
             raise parse_error(exc, source, f"paradigms.{index}.options") from None
+        if getattr(options, "init", None) == "public" and not has_public_set(config):
+            raise ConfigError(source, f"paradigms.{index}.options.init",
+                              "'public' starts from a public set, which the audit has only for data.kind digits "
+                              "(the digit simulator's prior); use 'real' or 'noise'")
+        return options
 
     def train(self, chunk: Chunk) -> Trained:
         data, options = chunk.data, chunk.options
         model = self.impl.train(
-            data.x, data.y, chunk.weights, data.x_test, data.y_test, chunk.spec, chunk.seeds, options, N_CLASSES,
+            data.x, data.y, chunk.weights, data.x_test, data.y_test, chunk.spec, chunk.seeds, options, data.n_classes,
             public=public_digits(chunk.config.seed) if getattr(options, "init", None) == "public" else None,
         )
         accounted = np.nan

@@ -6,52 +6,117 @@ Each run's generator and voter actors are created from the chunk task (nested Ra
 own placement group; the run's private set is written to ``private/<paradigm>/run-NNNN.npz``
 (owner-only) and the PE run itself lives beside it in ``run-NNNN/``, so a resumed audit reuses a
 finished run and resumes an interrupted one.
+
+A run's config is an object, built as data: the paradigm's synthesize file with its
+``synthesize_overrides`` merged in and the audit's own settings, validated once as a ``RunConfig``
+(``pe_config_template``, checked before any data is read), then each run's seed and private set
+(``pe_run_config``); the run goes through the public API, ``privevo.synthesize(config, run_dir)``.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from privevo.pipelines.audit.chunks import Chunk, synthetic_level, write_npz_atomic
-from privevo.pipelines.audit.config import AuditConfig, ParadigmConfig
-from privevo.pipelines.audit.data import N_CLASSES, AuditData, digit_features, pe_seed
+from privevo.pipelines.audit.config import AuditConfig
+from privevo.pipelines.audit.data import AuditData, describe_data, pe_seed
+from privevo.pipelines.config import ConfigError, RunConfig, load_config, parse_error
 
-__all__ = ["ledger_parameters", "pe_overrides", "pe_run_resources", "run_pe_chunk"]
+__all__ = [
+    "AUDIT_SETS",
+    "ledger_parameters",
+    "merge_mappings",
+    "pe_config_template",
+    "pe_run_config",
+    "pe_run_resources",
+    "run_pe_chunk",
+]
 
-
-def pe_overrides(paradigm: ParadigmConfig, config: AuditConfig, seed: int, data_path: str | None) -> list[str]:
-    """The synthesize overrides of one PE run (``data_path`` None: for validating the config).
-
-    A run's private set is an ``arrays`` file that also holds the held-out set
-    (``heldout_samples``/``heldout_labels``); the label set (the digits '0'..'9') and the
-    held-out set are declared public, as the data layer requires for every non-bundled source.
-    """
-    names = "[" + ", ".join(f"'{c}'" for c in range(N_CLASSES)) + "]"
-    data = [] if data_path is None else [
-        "data.kind=arrays", f"data.path={data_path}", f"data.class_names={names}",
-        "data.heldout=path", f"data.heldout_path={data_path}",
-    ]
-    # Other chunks may hold the cluster for a while: a PE run waits for its actors' placement group
-    # (the audit only starts as many PE runs as the cluster holds), unless the paradigm says otherwise.
-    return [
-        "resources.placement_timeout_s=86400", *paradigm.set, f"privacy.epsilon={paradigm.epsilon}", f"privacy.delta={config.delta}",
-        f"seed={seed}", *data, "evaluation.every_generation=false",
-    ]
+#: Fields of a PE run's synthesize config the audit sets itself, which ``synthesize_overrides``
+#: may not: each run's seed and private set, the paradigm's privacy target (its ``epsilon`` and
+#: the audit's ``delta``), and no held-out evaluation during the run.
+AUDIT_SETS = ("seed", "data", "privacy.epsilon", "privacy.delta", "evaluation.every_generation")
 
 
-def pe_run_resources(config: AuditConfig, paradigm: ParadigmConfig) -> dict[str, float]:
-    """What one PE run of ``paradigm`` holds while it runs: its generator and voter actors, plus
-    the task of its baselines (CPUs and GPUs)."""
-    from privevo.pipelines.config import load_config
+def merge_mappings(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` merged in: mappings key by key (recursively), any other value
+    (a number, a list) replaced. Neither input is changed."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_mappings(out[key], value)
+        else:
+            out[key] = value
+    return out
 
-    pe = load_config(paradigm.synthesize, pe_overrides(paradigm, config, seed=0, data_path=None))
+
+def _holds(mapping: Mapping[str, Any], dotted: str) -> bool:
+    """Whether ``mapping`` sets the dotted field or a field above it."""
+    node: Any = mapping
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def pe_config_template(config: AuditConfig, index: int, source: str = "config",
+                       base_dir: str | Path | None = None) -> RunConfig:
+    """The synthesize config of paradigm ``index``'s PE runs, before each run's seed and data.
+
+    The paradigm's ``synthesize`` file (relative to ``base_dir``, default the working directory),
+    a long placement timeout (other chunks may hold the cluster a while: a PE run waits for its
+    actors' placement group, as the audit starts only as many PE runs as the cluster holds),
+    ``synthesize_overrides`` merged in, then what the audit sets (``AUDIT_SETS``), validated as
+    one ``RunConfig``. A problem in the overrides raises ConfigError naming
+    ``paradigms.<index>.synthesize_overrides.<field>`` of the audit config; one in the file
+    names the file and field."""
+    paradigm = config.paradigms[index]
+    field = f"paradigms.{index}.synthesize_overrides"
+    overrides = paradigm.synthesize_overrides
+    for name in AUDIT_SETS:
+        if _holds(overrides, name):
+            raise ConfigError(source, f"{field}.{name}", "set by the audit (seed and data per run, "
+                              f"privacy.epsilon from paradigms.{index}.epsilon, privacy.delta from delta); leave it out")
+    path = Path(base_dir or ".") / paradigm.synthesize
+    raw = merge_mappings(load_config(path).model_dump(mode="json"), {"resources": {"placement_timeout_s": 86400}})
+    raw = merge_mappings(raw, overrides)
+    raw = merge_mappings(raw, {"privacy": {"epsilon": paradigm.epsilon, "delta": config.delta},
+                               "evaluation": {"every_generation": False}})
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = parse_error(exc, str(path))
+        message = str(err)[len(f"{err.source}: {err.field}: "):]
+        if _holds(overrides, err.field):
+            raise ConfigError(source, f"{field}.{err.field}", message) from None
+        raise ConfigError(str(path), err.field, f"{message} (with {field} and the audit's settings)") from None
+
+
+def pe_run_config(template: RunConfig, seed: int, data_path: Path, data: AuditData) -> RunConfig:
+    """The synthesize config of one PE run: ``template`` with the run's public seed and its
+    private set, an ``arrays`` file that also holds the held-out set
+    (``heldout_samples``/``heldout_labels``). The label set (the audit data's class names) and
+    the held-out set are declared public, as the data layer requires for every non-bundled source."""
+    run_data = {"kind": "arrays", "path": str(data_path), "class_names": list(data.class_names),
+                "heldout": "path", "heldout_path": str(data_path)}
+    return RunConfig.model_validate({**template.model_dump(mode="json"), "seed": seed, "data": run_data})
+
+
+def pe_run_resources(config: AuditConfig, index: int, template: RunConfig | None = None,
+                     source: str = "config") -> dict[str, float]:
+    """What one PE run of paradigm ``index`` holds while it runs: its generator and voter actors,
+    plus the task of its baselines (CPUs and GPUs)."""
+    pe = template if template is not None else pe_config_template(config, index, source)
     res = pe.resources
-    shards = min(res.voter_shards, N_CLASSES)
+    shards = min(res.voter_shards, len(describe_data(config, source).labels))
     return {"CPU": pe.generators * res.generator_cpus + (shards + 1) * res.voter_cpus,
             "GPU": pe.generators * res.generator_gpus + (shards + 1) * res.voter_gpus}
 
@@ -61,11 +126,11 @@ def run_pe_chunk(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray, floa
     (secure) release noise. Returns the synthetic sets stacked with their owner run
     (x, y, owner), the accounted epsilon, and the mechanism- and synthetic-level scores of every
     canary (plus the group epsilon where canaries are duplicated)."""
-    from privevo.pipelines.config import load_config
+    import privevo
     from privevo.pipelines.data import read_synthetic
-    from privevo.pipelines.evolution import synthesize
 
     config, data, runs, paradigm = chunk.config, chunk.data, chunk.runs, chunk.paradigm
+    template = chunk.options if chunk.options is not None else pe_config_template(config, chunk.index)
     folder = chunk.out / "private" / paradigm.key
     folder.mkdir(parents=True, exist_ok=True)
     parts, labels, owners, accounted = [], [], [], np.nan
@@ -77,10 +142,10 @@ def run_pe_chunk(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray, floa
     for j, r in enumerate(runs):
         rows = chunk.weights[j] > 0
         data_path = folder / f"run-{r:04d}.npz"
-        write_npz_atomic(data_path, samples=data.x[rows] * 16.0, labels=data.y[rows],
-                         heldout_samples=data.x_test * 16.0, heldout_labels=data.y_test, max_value=np.float64(16.0))
-        pe_config = load_config(paradigm.synthesize, pe_overrides(paradigm, config, pe_seed(config.seed, chunk.index, r),
-                                                                  str(data_path)))
+        write_npz_atomic(data_path, samples=data.samples(data.x[rows]), labels=data.y[rows],
+                         heldout_samples=data.samples(data.x_test), heldout_labels=data.y_test,
+                         max_value=np.float64(data.max_value))
+        pe_config = pe_run_config(template, pe_seed(config.seed, chunk.index, r), data_path, data)
         run_dir = folder / f"run-{r:04d}"
         if (run_dir / "report.json").exists():
             report = json.loads((run_dir / "report.json").read_text())
@@ -88,11 +153,11 @@ def run_pe_chunk(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray, floa
             resume = (run_dir / "config.yaml").exists()
             if run_dir.exists() and not resume:
                 shutil.rmtree(run_dir)
-            report = synthesize(pe_config, run_dir, source=paradigm.synthesize, resume=resume,
+            report = privevo.synthesize(pe_config, run_dir, source=paradigm.synthesize, resume=resume,
                                 keep_populations=True).report
         accounted = report["privacy"]["epsilon"]
         samples, syn_labels, _, _ = read_synthetic(run_dir / "synthetic.parquet")
-        parts.append(digit_features(samples))
+        parts.append(data.features(samples))
         labels.append(syn_labels)
         owners.append(np.full(len(syn_labels), j))
         params = ledger_parameters(run_dir, pe_config.vote.k)
@@ -214,12 +279,12 @@ def _mechanism_level(pe_config, run_dir: Path, data: AuditData, params: dict[str
     sigmas = params["sigma"]
     if len(sigmas) != T:
         raise ValueError(f"{run_dir}: the ledger has {len(sigmas)} releases, the config {T} generations")
-    embedder = make_embedder(pe_config.embedder.kind, 16.0, dict(pe_config.embedder.options), "cpu")
+    embedder = make_embedder(pe_config.embedder.kind, data.max_value, dict(pe_config.embedder.options), "cpu")
     ledger = PrivacyLedger(run_dir)
     always = data.canary_of < 0
-    fixed_emb = embedder.embed(data.x[always] * 16.0)
+    fixed_emb = embedder.embed(data.samples(data.x[always]))
     fixed_labels = data.y[always]
-    canary_emb = embedder.embed(data.canary_x * 16.0)
+    canary_emb = embedder.embed(data.samples(data.canary_x))
     k, backend = pe_config.vote.k, pe_config.vote.knn_backend
     releases, fixed, votes = [], [], []
     for t in range(1, T + 1):

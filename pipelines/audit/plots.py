@@ -14,10 +14,11 @@ import numpy as np
 __all__ = ["plot_roc", "plot_tradeoff", "plot_vulnerable"]
 
 
-def plot_vulnerable(paradigms: dict[str, Any], canary_x: np.ndarray, canary_y: np.ndarray, true_y: np.ndarray,
-                    path: Path) -> None:
-    """The most vulnerable canaries of each paradigm as images (``canary_x``), with their true and
-    canary labels. Private: the images are private samples."""
+def plot_vulnerable(paradigms: dict[str, Any], images: np.ndarray, canary_y: np.ndarray, true_y: np.ndarray,
+                    path: Path, class_names: tuple[str, ...] | None = None) -> None:
+    """The most vulnerable canaries of each paradigm as images (``images``: the canaries in
+    [0, 1], (n, H, W), (n, H, W, C) channels last, or (n, d) drawn as one row), with their true
+    and canary labels (``class_names`` where given). Private: the images are private samples."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,8 +35,15 @@ def plot_vulnerable(paradigms: dict[str, Any], canary_x: np.ndarray, canary_y: n
             ax.axis("off")
             if j < len(items):
                 c = items[j]["canary"]
-                ax.imshow(canary_x[c], cmap="gray_r", vmin=0, vmax=1)
-                ax.set_title(f"{true_y[c]}->{canary_y[c]}\n{items[j]['gap']:.1f}", fontsize=7)
+                image = np.asarray(images[c])
+                if image.ndim == 1:  # a flat sample: one row of pixels
+                    image = image[None, :]
+                elif image.ndim == 3 and image.shape[-1] == 1:
+                    image = image[..., 0]
+                ax.imshow(image, cmap="gray_r", vmin=0, vmax=1)
+                true, canary = (true_y[c], canary_y[c]) if class_names is None else (
+                    class_names[true_y[c]], class_names[canary_y[c]])
+                ax.set_title(f"{true}->{canary}\n{items[j]['gap']:.1f}", fontsize=7)
         axes[i][0].text(-0.5, 0.5, name, transform=axes[i][0].transAxes, ha="right", va="center", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

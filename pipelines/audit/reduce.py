@@ -336,7 +336,8 @@ def reduce_audit(config: AuditConfig, out_dir: Path, data: AuditData | None = No
     })
     plot_roc({**paradigms, **extra_rows}, out_dir / "roc.png")
     plot_tradeoff(paradigms, out_dir / "tradeoff.png")
-    plot_vulnerable(paradigms, data.canary_x, data.canary_y, data.true_y, out_dir / "private" / "vulnerable.png")
+    plot_vulnerable(paradigms, data.samples(data.canary_x) / data.max_value, data.canary_y, data.true_y,
+                    out_dir / "private" / "vulnerable.png", data.class_names)
     return {
         "name": config.name,
         "runs": config.runs,

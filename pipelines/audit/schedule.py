@@ -23,7 +23,7 @@ from privevo.pipelines.audit.chunks import train_chunk
 from privevo.pipelines.audit.config import AuditConfig
 from privevo.pipelines.audit.data import AuditData, paradigm_runs, prepare_data
 from privevo.pipelines.audit.paradigms import AuditParadigm
-from privevo.pipelines.config import ConfigError, config_differences
+from privevo.pipelines.config import ConfigError, apply_overrides, config_differences
 from privevo.pipelines.files import write_text_atomic
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "plan_chunks",
     "prepare_directory",
     "run_chunks",
+    "stored_in_current_terms",
 ]
 
 #: Config fields that may change when an audit is resumed: more (or fewer) runs, and resources.
@@ -46,7 +47,7 @@ def check_resume(config: AuditConfig, out_dir: Path, source: str) -> None:
     stored_path = out_dir / "config.yaml"
     if not stored_path.exists():
         raise ConfigError(str(out_dir), "--out", "exists, is not empty and is not an audit directory (no config.yaml)")
-    stored = yaml.safe_load(stored_path.read_text())
+    stored = stored_in_current_terms(yaml.safe_load(stored_path.read_text()), str(stored_path))
     for path in config_differences(stored, config.model_dump(mode="json")):
         if path.split(".")[0] in RESUMABLE_CHANGES:
             continue
@@ -55,6 +56,22 @@ def check_resume(config: AuditConfig, out_dir: Path, source: str) -> None:
             f"differs from the audit stored in {out_dir} (only runs and resources may change when "
             "resuming or extending an audit); use a new --out directory",
         )
+
+
+def stored_in_current_terms(stored: Any, source: str) -> Any:
+    """A stored audit config in today's field names, so an audit written before a rename resumes:
+    a paradigm's ``set`` (``dotted.key=value`` strings) becomes the ``synthesize_overrides``
+    mapping those strings spell."""
+    if not isinstance(stored, dict) or not isinstance(stored.get("paradigms"), list):
+        return stored
+    paradigms = []
+    for p in stored["paradigms"]:
+        if isinstance(p, dict) and "set" in p:
+            old = p.get("set") or []
+            p = {k: v for k, v in p.items() if k != "set"}
+            p["synthesize_overrides"] = apply_overrides({}, [str(v) for v in old], source)
+        paradigms.append(p)
+    return {**stored, "paradigms": paradigms}
 
 
 def existing_runs(folder: Path) -> set[int]:
