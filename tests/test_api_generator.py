@@ -379,3 +379,33 @@ def test_a_server_killed_mid_run_fails_cleanly_and_the_run_resumes(server, tmp_p
             assert KEY.encode() not in path.read_bytes(), path
     out, err = capfd.readouterr()
     assert KEY not in caplog.text and KEY not in out and KEY not in err
+
+
+def test_the_shipped_config_passes_every_check(tmp_path, monkeypatch):
+    """configs/text-api.yaml, its data pointed at local stand-ins: the driver's checks pass, and
+    refuse it, naming the field, while its key variable is unset."""
+    import yaml
+
+    from privevo.pipelines.checks import check_config, check_data
+    from privevo.pipelines.config import parse_config
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "text-api.yaml").read_text())
+    names = raw["data"]["class_names"]
+    for key in ("path", "heldout_path"):
+        path = tmp_path / f"{key}.csv"
+        with open(path, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow([raw["data"]["text_column"], raw["data"]["label_column"]])
+            writer.writerows([(f"review {i}", names[i % len(names)]) for i in range(2000)])
+        raw["data"][key] = str(path)
+    variable = raw["generator"]["options"]["api_key_env"]
+    monkeypatch.delenv(variable, raising=False)
+    with pytest.raises(ConfigError, match=variable) as info:
+        check_config(parse_config(raw, "text-api.yaml"), "text-api.yaml")
+    assert info.value.field == "generator.options.api_key_env"
+    monkeypatch.setenv(variable, KEY)
+    config = parse_config(raw, "text-api.yaml")
+    plan, info, labels = check_config(config, "text-api.yaml")
+    check_data(config, "text-api.yaml")
+    assert info.modality == "text" and labels == tuple(range(len(names)))
+    assert KEY not in json.dumps(config.model_dump(mode="json"))
