@@ -265,6 +265,7 @@ def test_worker_meters_requests_tokens_and_money_as_the_server_saw_them(server):
     assert worker.stats()["usage"]["api_requests"] == 0  # counts since the last call
 
 
+@pytest.mark.slow
 def test_the_tiny_transformers_model_served_over_http(tmp_path):
     from tiny_llm import build_tiny_causal_lm
 
@@ -304,6 +305,7 @@ def synthetic_texts(run_dir: Path) -> list[tuple[int, str]]:
     return list(zip(table.column("label").to_pylist(), table.column("text").to_pylist()))
 
 
+@pytest.mark.slow
 def test_a_resumed_run_replays_its_recorded_responses(server, tmp_path):
     csv_path = reviews_csv(tmp_path / "reviews.csv")
     config = text_config(csv_path, options(server.url))
@@ -347,6 +349,7 @@ class Snapshot(RunObserver):
         self.seen["finishing"] = self.counts()
 
 
+@pytest.mark.slow
 def test_a_server_killed_mid_run_fails_cleanly_and_the_run_resumes(server, tmp_path, caplog, capfd):
     caplog.set_level(logging.DEBUG)
     csv_path = reviews_csv(tmp_path / "reviews.csv")

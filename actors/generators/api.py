@@ -426,10 +426,12 @@ class APIGenerator(llm.LLMGenerator):
         return text, tokens_in, tokens_out
 
     def _fatal_message(self, status: int, last: str) -> str:
-        field = {401: "api_key_env", 403: "api_key_env", 404: "model"}.get(status, "endpoints")
-        hint = {"api_key_env": f"the server refused the key in ${self.options.api_key_env}",
-                "model": f"the server does not know model {self.options.model!r}"}.get(field, "a request error")
-        return f"generator.options.{field}: {hint}; {last}"
+        """An error not worth retrying, naming the option most likely at fault."""
+        if status in (401, 403):
+            return f"generator.options.api_key_env: the server refused the key in ${self.options.api_key_env}; {last}"
+        if status == 404:
+            return f"generator.options.model: the server does not know model {self.options.model!r} (or the URL); {last}"
+        return f"generator.options: the server refused the request (not retried); {last}"
 
     def _scrub(self, text: str) -> str:
         """``text`` with the key replaced (a server may echo what it was sent)."""
