@@ -123,12 +123,13 @@ def _shards(n: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-def generator_context(info: DatasetInfo, labels: tuple[int, ...], device: str):
+def generator_context(info: DatasetInfo, labels: tuple[int, ...], device: str, record_dir: Path | None = None):
     from privevo.actors.generators.base import GeneratorContext
 
     return GeneratorContext(
         modality=info.modality, sample_shape=info.sample_shape, max_value=info.max_value,
         labels=labels, class_names={k: info.class_names[k] for k in labels}, device=device,
+        record_dir=None if record_dir is None else str(record_dir),
     )
 
 
@@ -416,7 +417,7 @@ class ActorEngine:
         roles += [("voters", res.voter_cpus, res.voter_gpus)] * len(self.voters)
         return [
             ActorUsage(role=role, sections=s["sections"], cpus=cpus, gpus=gpus, device=s.get("device"),
-                       gpu_busy_measured=s["gpu_busy_measured"], tagged=s.get("tagged", {}))
+                       gpu_busy_measured=s["gpu_busy_measured"], tagged=s.get("tagged", {}), usage=s.get("usage", {}))
             for (role, cpus, gpus), s in zip(roles, self.ray.get(requests))
         ]
 
@@ -457,11 +458,12 @@ def _voter_layout(config: RunConfig, labels: tuple[int, ...], public_only: bool)
     return [labels if config.resources.voter_split == "samples" else labels[i::n] for i in range(n)]
 
 
-def _actor_args(config: RunConfig, info: DatasetInfo, labels: tuple[int, ...], voter_labels, store: Path | None):
+def _actor_args(config: RunConfig, info: DatasetInfo, labels: tuple[int, ...], voter_labels, store: Path | None,
+                record_dir: Path | None = None):
     """Constructor arguments of every generator worker and voter shard."""
     res = config.resources
     split = config.resources.voter_split == "samples" and voter_labels != [()]
-    context = generator_context(info, labels, "cuda" if res.generator_gpus > 0 else "cpu")
+    context = generator_context(info, labels, "cuda" if res.generator_gpus > 0 else "cpu", record_dir)
     generator = ((config.generator.kind, dict(config.generator.options), context), {})
     voters = [
         ((config.data.model_dump(), shard_labels, config.embedder.kind, info.max_value, info.sample_shape,
@@ -475,14 +477,15 @@ def _actor_args(config: RunConfig, info: DatasetInfo, labels: tuple[int, ...], v
 
 
 def in_process_engine(config: RunConfig, info: DatasetInfo, labels: tuple[int, ...], store: Path | None = None,
-                      public_only: bool = False) -> ActorEngine:
-    """The engine that calls the generator workers and voter shards in this process."""
+                      public_only: bool = False, record_dir: Path | None = None) -> ActorEngine:
+    """The engine that calls the generator workers and voter shards in this process; ``record_dir``:
+    where generators record what they cannot reproduce from a seed (``GeneratorContext.record_dir``)."""
     from privevo.actors.generators.worker import GeneratorWorker
     from privevo.actors.voter import VoterShard
 
     backend = InProcessBackend()
     voter_labels = _voter_layout(config, labels, public_only)
-    (g_args, g_kwargs), voters = _actor_args(config, info, labels, voter_labels, store)
+    (g_args, g_kwargs), voters = _actor_args(config, info, labels, voter_labels, store, record_dir)
     return ActorEngine(
         config, info, labels, MeteredRay(backend),
         generators=[backend.actor(GeneratorWorker, *g_args, **g_kwargs) for _ in range(config.generators)],
@@ -532,14 +535,15 @@ def placement_error(config: RunConfig, bundles: list[dict[str, float]], cluster:
 
 
 def ray_engine(config: RunConfig, info: DatasetInfo, labels: tuple[int, ...], store: Path | None = None,
-               public_only: bool = False) -> ActorEngine:
+               public_only: bool = False, record_dir: Path | None = None) -> ActorEngine:
     """The engine whose generator workers and voter shards are Ray actors.
 
     All of them are reserved at once through one placement group (one bundle per actor),
     so a run either gets every actor it plans or fails fast, instead of starting some
     actors and waiting forever for the rest. An actor that dies (its process, or its
     node) is restarted in its bundle, which Ray re-places on a live node; its tasks are
-    retried with the same arguments, seeds included.
+    retried with the same arguments, seeds included. ``record_dir`` (a generator's recorded
+    responses) must then be storage that every generator's node shares with the driver.
     """
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
@@ -563,7 +567,7 @@ def ray_engine(config: RunConfig, info: DatasetInfo, labels: tuple[int, ...], st
             return {"num_cpus": cpus, "num_gpus": gpus, "max_restarts": 3, "max_task_retries": 3,
                     "scheduling_strategy": PlacementGroupSchedulingStrategy(group, index)}
 
-        (g_args, g_kwargs), voters = _actor_args(config, info, labels, voter_labels, store)
+        (g_args, g_kwargs), voters = _actor_args(config, info, labels, voter_labels, store, record_dir)
         generator_cls, voter_cls = ray.remote(GeneratorWorker), ray.remote(VoterShard)
         engine.generators = [
             generator_cls.options(**options(i, res.generator_cpus, res.generator_gpus)).remote(*g_args, **g_kwargs)

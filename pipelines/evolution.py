@@ -233,7 +233,8 @@ class Synthesis:
                 self._build_store()
             make = ray_engine if on_ray else in_process_engine
             started = time.perf_counter()
-            engine = make(self.config, self.info, self.labels, store, public_only=self.public_only)
+            engine = make(self.config, self.info, self.labels, store, public_only=self.public_only,
+                          record_dir=self.run_dir / GENERATOR_RECORDS)
             engine.wait_ready()  # actors built: the generations' clocks start after their start-up
             actor_start = time.perf_counter() - started
             self.observer.engine_started(engine)
@@ -379,6 +380,7 @@ class Synthesis:
 
 
 DATASET_FILE = "dataset.json"  # the public description of the data the run assumed (read back by rebuild)
+GENERATOR_RECORDS = "generator-records"  # responses a generator cannot reproduce from a seed (HTTP APIs)
 
 
 def synthesize(
@@ -460,6 +462,8 @@ def rebuild(run_dir: str | Path, out: str | Path, *, progress: bool = False,
         """The inputs of a rebuild: the recorded releases, exactly as the run wrote them."""
         shutil.copyfile(run_dir / "ledger.jsonl", target / "ledger.jsonl")
         shutil.copytree(run_dir / "releases", target / "releases")
+        if (run_dir / GENERATOR_RECORDS).is_dir():  # an API generator's recorded responses, replayed
+            shutil.copytree(run_dir / GENERATOR_RECORDS, target / GENERATOR_RECORDS)
         for record in PrivacyLedger(target).records():
             PrivacyLedger(target).load_release(record.generation)  # each file checked against its sha256
 

@@ -230,6 +230,7 @@ class ActorUsage:
     device: str | None = None  # GPUs shared by actors on one device are capped together
     gpu_busy_measured: bool = True
     tagged: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)  # sections by generation
+    usage: dict[str, float] = field(default_factory=dict)  # a generator's own counters (API requests, tokens, money)
 
     def merge(self, sections: dict[str, dict[str, float]]) -> None:
         """Add another set of sections (e.g. work done ahead for this generation) to this actor's."""
@@ -428,7 +429,17 @@ def meter_generation(stages: dict[str, StageTiming], actors: list[ActorUsage], s
         "gpu_hours_per_1000_samples": gpu_hours / samples * 1000.0 if samples > 0 else 0.0,
         "setup_seconds": setup,
         "background_seconds": background,
+        **({"usage": usage} if (usage := sum_usage(a.usage for a in actors)) else {}),
     }
+
+
+def sum_usage(counters: Iterable[dict[str, float]]) -> dict[str, float]:
+    """Counters (a generator's ``usage()``: API requests, tokens, money) summed by name, sorted."""
+    out: dict[str, float] = {}
+    for entry in counters:
+        for name, value in entry.items():
+            out[name] = out.get(name, 0) + value
+    return dict(sorted(out.items()))
 
 
 def _device_capped_busy(actors: list[ActorUsage], wall_seconds: float) -> float:
@@ -480,6 +491,7 @@ def run_cost(generations: list[dict[str, Any]]) -> dict[str, Any]:
         "gpu_hours_per_generation": [m["gpu_hours"] for m in metered],
         "gpu_hours_per_1000_samples": gpu_hours / samples * 1000.0 if samples > 0 else 0.0,
         "critical_seconds_by_kind": by_kind,
+        **({"usage": usage} if (usage := sum_usage(m.get("usage", {}) for m in metered)) else {}),
         "overhead_seconds": overhead,
         "overhead_fraction": overhead / wall if wall > 0 else 0.0,
         "stage_shares": {k: v / wall for k, v in {**by_kind, "overhead": overhead}.items()} if wall > 0 else {},
@@ -491,7 +503,9 @@ def run_cost(generations: list[dict[str, Any]]) -> dict[str, Any]:
             "critical path = per stage, driver work plus the busiest actor's busy seconds per layer "
             "(generators, then voters), capped at the stage's wall; overhead = generation wall - critical path; "
             "GPU allocated = GPUs held by actors x generation wall; idle = allocated - NVML-integrated busy; "
-            "generation 0 includes actor start-up; the baselines after the last generation are not metered"
+            "generation 0 includes actor start-up; the baselines after the last generation are not metered; "
+            "usage = the generators' own counters, if any (api_*: requests, retries, tokens, money at "
+            "generator.options.prices)"
         ),
     }
 

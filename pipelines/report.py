@@ -331,6 +331,13 @@ def summary_lines(report: dict[str, Any], run_dir: Path) -> list[str]:
             f"(time no stage's work covers: Ray calls and idle waits, over "
             f"{cost['wall_seconds'] / max(1, len(cost['generations_metered'])):.2f} s per generation)"
         )
+    usage = (cost or {}).get("usage", {})
+    if usage.get("api_requests") or usage.get("api_replayed_shards"):
+        money = f", {usage['api_cost']:.4f} at generator.options.prices" if "api_cost" in usage else ""
+        lines.append(f"api                {usage.get('api_requests', 0):.0f} requests "
+                     f"({usage.get('api_retries', 0):.0f} retries), {usage.get('api_input_tokens', 0):.0f} input / "
+                     f"{usage.get('api_output_tokens', 0):.0f} output tokens{money}; "
+                     f"{usage.get('api_replayed_shards', 0):.0f} shards replayed from generator-records/")
     if p["noise_source"] != NOISE_SOURCE_SECURE:
         lines.append("WARNING            release noise was SEEDED: this run gives no privacy")
     return lines

@@ -77,6 +77,11 @@ class GeneratorContext:
     private set; generators resize their output to ``sample_shape``.
     ``class_names`` maps each label to its public name (prompts use it).
     ``device`` is "cpu" or "cuda" (the worker picks it from the resources it holds).
+    ``record_dir`` is a folder where a generator whose sampling cannot be reproduced from
+    its seed (an HTTP API) records each shard's public outputs, to replay them when the
+    shard is asked for again (a retry, a resume, a rebuild); None: nothing is recorded.
+    The engine sets it to ``RUN_DIR/generator-records/``; on a multi-node cluster it must
+    be storage every generator actor's node shares with the driver.
     """
 
     modality: str  # "image" or "text"
@@ -85,6 +90,7 @@ class GeneratorContext:
     labels: tuple[int, ...]
     class_names: dict[int, str]
     device: str = "cpu"
+    record_dir: str | None = None
 
 
 class Generator(Protocol):

@@ -65,7 +65,8 @@ class GeneratorWorker:
     def __init__(
         self, kind: str, options: dict[str, Any], context: GeneratorContext | None = None, threads: int = 1
     ) -> None:
-        limit_threads(threads, torch=kind != "simulator")  # model generators run torch
+        # model generators run torch; a kind that does not says so (``uses_torch = False``)
+        limit_threads(threads, torch=getattr(generator_class(kind), "uses_torch", kind != "simulator"))
         self._meter = ActorMeter(gpu=context is not None and context.device.startswith("cuda"))
         with self._meter.section("setup"):
             self._generator = make_generator(kind, options, context)
@@ -121,5 +122,11 @@ class GeneratorWorker:
             return images.reshape(n, count, *images.shape[1:])
 
     def stats(self) -> dict[str, Any]:
-        """Metering since the last call: per-section totals, and total CPU and busy seconds."""
-        return self._meter.stats()
+        """Metering since the last call: per-section totals, and total CPU and busy seconds; plus
+        ``usage``, the generator's own counters since the last call (API requests, tokens, money)
+        when it keeps any (a ``usage()`` method)."""
+        stats = self._meter.stats()
+        usage = getattr(self._generator, "usage", None)
+        if usage is not None:
+            stats["usage"] = dict(usage())
+        return stats
