@@ -4,7 +4,7 @@
 ``/v1/completions`` (a vLLM server, Ray Serve LLM, llama.cpp's server, hosted APIs) through
 the real ``openai`` client. The prompts are the ``llm`` kind's: :class:`APIGenerator` is an
 :class:`~privevo.actors.generators.llm.LLMGenerator` whose one text-completion step
-(``_generate(prompts, seed)``, the hook ``random`` and ``variation`` call) sends the prompts
+(``complete(prompts, seed)``, the step ``random`` and ``variation`` call) sends the prompts
 to the API instead of a local model. So the random prompt, the Aug-PE variations
 (fill-in-the-blanks, paraphrase, mixed), the masking, the cleaning and the fallbacks are
 exactly the ``llm`` kind's, and so are their options.
@@ -336,7 +336,7 @@ class APIGenerator(llm.LLMGenerator):
 
     # -- the completion step of llm.LLMGenerator.random / variation
 
-    def _generate(self, prompts: list[str], seed: int) -> list[str]:
+    def complete(self, prompts: list[str], seed: int) -> list[str]:
         if not prompts:
             return []
         key = self.records.key(seed, prompts)

@@ -460,7 +460,9 @@ class LLMGenerator:
         masked = mask_words(text, degree * o.max_mask_fraction, rng, o.blank)
         return o.fill_in_prompt.format(class_name=name, target_words=o.target_words, text=masked, blank=o.blank)
 
-    def _generate(self, prompts: list[str], seed: int) -> list[str]:
+    def complete(self, prompts: list[str], seed: int) -> list[str]:
+        """One completion per prompt (the model's step under ``random`` and ``variation``; the
+        api kind replaces it with HTTP calls)."""
         if self._chat:
             tok = self._engine.tokenizer
             prompts = [
@@ -477,7 +479,7 @@ class LLMGenerator:
     def random(self, labels: np.ndarray, seed: int) -> SampleBatch:
         """One text per entry of ``labels``, from its class prompt."""
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-        texts = self._generate([self.random_prompt(int(label)) for label in labels], seed)
+        texts = self.complete([self.random_prompt(int(label)) for label in labels], seed)
         out = []
         for label, text in zip(labels, texts):
             text = clean_text(text, self.options.target_words)
@@ -504,7 +506,7 @@ class LLMGenerator:
                 kind = "paraphrase" if rng.random() < degrees[i] else "fill_in"
             kinds.append(kind)
             prompts.append(self.variation_prompt(int(parents.labels[i]), parent_texts[i], float(degrees[i]), kind, rng))
-        texts = self._generate(prompts, seed)
+        texts = self.complete(prompts, seed)
         out = [clean_text(t, self.options.target_words) or parent for t, parent in zip(texts, parent_texts)]
         return SampleBatch(
             labels=parents.labels.copy(), samples=_str_array(out), params={"kind": np.array(kinds, dtype="<U10")}
