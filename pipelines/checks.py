@@ -39,15 +39,21 @@ def check_config(config: RunConfig, source: str, info: DatasetInfo | None = None
     computed from private records: the delta check uses the declared
     ``data.public_size``, never the real count.
     """
+    if config.vote.k > config.population.per_class:  # the config's own consistency, before the accountant
+        raise ConfigError(
+            source, "vote.k",
+            f"{config.vote.k} neighbours exceed population.per_class = {config.population.per_class}",
+        )
     try:
         plan = plan_releases(config.privacy.epsilon, config.privacy.delta, config.generations,
                              vote_coordinates(config))
     except BudgetError as exc:
         text = str(exc)
         field_name = next(
-            (f for f in ("privacy.epsilon", "privacy.delta", "generations") if f in text), "privacy"
+            (f for f in ("privacy.epsilon", "privacy.delta", "generations", "vote.k") if text.startswith(f)),
+            "privacy",
         )
-        raise ConfigError(source, field_name, text) from None
+        raise ConfigError(source, field_name, text.removeprefix(f"{field_name}: ")) from None
     check_models(config, source)
     if info is None:
         try:
@@ -75,11 +81,6 @@ def check_config(config: RunConfig, source: str, info: DatasetInfo | None = None
             source, "privacy.delta",
             f"{config.privacy.delta:g} is not below 1/data.public_size = {1.0 / public_size:.3g} "
             f"(data.public_size = {public_size}, declared public)",
-        )
-    if config.vote.k > config.population.per_class:
-        raise ConfigError(
-            source, "vote.k",
-            f"{config.vote.k} neighbours exceed population.per_class = {config.population.per_class}",
         )
     if config.variation.degree_end > config.variation.degree_start:
         raise ConfigError(source, "variation.degree_end", "must not exceed variation.degree_start")

@@ -355,7 +355,7 @@ def test_one_added_array_record_moves_no_other_record(tmp_path):
     rng = np.random.default_rng(0)
     samples = rng.integers(0, 16, size=(500, 4, 4)).astype(np.float32)
     labels = np.arange(500) % 3
-    extra = np.full((1, 4, 4), 99, np.float32)
+    extra = np.full((1, 4, 4), 15, np.float32)  # a record no other one equals
     write_npz(tmp_path / "a.npz", samples=samples, labels=labels, max_value=np.float64(16))
     write_npz(tmp_path / "b.npz", samples=np.concatenate([samples[:100], extra, samples[100:]]),
               labels=np.concatenate([labels[:100], [1], labels[100:]]), max_value=np.float64(16))

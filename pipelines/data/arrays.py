@@ -89,7 +89,8 @@ def arrays_split(data: Any, which: str) -> Split:
     classes = len(class_names_of(data))
     path, field, samples_name, labels_name = arrays_names(data, which)
     samples, raw = npz_arrays(path, [samples_name, labels_name], field)
-    check_sample_values(samples, npz_max_value(path), path, field)
+    # the declared range is the private file's (the held-out file, when another, need not repeat it)
+    check_sample_values(samples, npz_max_value(Path(config_value(data, "path"))), path, field)
     labels = int_codes(raw, classes, path, f"array {labels_name!r}", field)
     if len(samples) != len(labels):
         raise DataError(field, f"{path}: arrays {samples_name!r} and {labels_name!r} differ in length")

@@ -521,6 +521,12 @@ def _check_supported(target: float, delta: float, releases: int, coordinates: in
             f"privacy.epsilon: {target:g} over {releases} releases ({coordinates} coordinates each): {need}; "
             f"with these generations and vote.k, epsilon from about {window[0]:.3g} to {window[1]:.3g} is supported"
         )
+    if _plan_grid(target, delta, 1, coordinates) > MAX_GRID_POINTS:
+        raise BudgetError(
+            f"vote.k: {coordinates} coordinates per release (vote.k votes per record, doubled under "
+            f"privacy.neighbour: replace) at epsilon {target:g}: even one release's exact accounting would "
+            f"need more than {MAX_GRID_POINTS:.0g} grid points; use a smaller vote.k"
+        )
     most = 1
     while _plan_grid(target, delta, 2 * most, coordinates) <= MAX_GRID_POINTS:
         most *= 2
