@@ -180,11 +180,11 @@ def test_pe_with_a_public_prior_releases_only_public_images(tmp_path, public_npz
     path, images, labels = public_npz  # the last 300 rows of load_digits
     digits = load_digits()
     x, y = digits.images.astype(np.float32), digits.target
-    arrays = tmp_path / "private.npz"  # rows 0..599 private, 600..999 held out: apart from the public rows
-    np.savez(arrays, samples=x[:600], labels=y[:600], max_value=np.float32(16.0),
-             heldout_samples=x[600:1000], heldout_labels=y[600:1000])
+    arrays, held = tmp_path / "private.npz", tmp_path / "heldout.npz"  # rows 0..599 private, 600..999 held
+    np.savez(arrays, samples=x[:600], labels=y[:600], max_value=np.float32(16.0))  # out: apart from the public
+    np.savez(held, samples=x[600:1000], labels=y[600:1000], max_value=np.float32(16.0))
     overrides = {"data.kind": "arrays", "data.path": str(arrays), "data.class_names": list(DIGITS),
-                 "data.heldout": "path", "data.heldout_path": str(arrays), "data.public_size": 600,
+                 "data.heldout": "path", "data.heldout_path": str(held), "data.public_size": 600,
                  "generator.kind": "public_data", "resources.engine": "in_process", "generations": 3,
                  "privacy.epsilon": 4.0}
     config = small_config(**overrides, **{"generator.options": {"path": str(path), "classes": "any"}})
@@ -203,6 +203,19 @@ def test_pe_with_a_public_prior_releases_only_public_images(tmp_path, public_npz
     assert (labels[index] == synth_labels).mean() > 0.6
     report = result.report
     assert report["evaluation"]["accuracy"] > report["evaluation"]["baselines"]["generation0"]["accuracy"] + 0.2
+    # the public set is a declared public input: the run is rebuilt from it and the releases alone
+    import json
+    import shutil
+
+    from privevo.pipelines.evolution import rebuild
+    from privevo.pipelines.report import strip_side_channels
+
+    shutil.move(arrays, tmp_path / "away.npz")  # the private data is gone
+    rebuild(tmp_path / "run", tmp_path / "rebuilt")
+    same = (tmp_path / "rebuilt" / "synthetic.parquet").read_bytes() == (tmp_path / "run" / "synthetic.parquet").read_bytes()
+    assert same
+    rebuilt = json.loads((tmp_path / "rebuilt" / "report.json").read_text())
+    assert strip_side_channels(rebuilt) == strip_side_channels(json.loads((tmp_path / "run" / "report.json").read_text()))
 
 
 def test_parquet_shards_are_a_public_set_too(tmp_path, public_npz):
