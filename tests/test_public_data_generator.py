@@ -266,3 +266,12 @@ def test_the_shipped_config_passes_every_check(tmp_path):
     with pytest.raises(ConfigError) as info:
         check_config(load_config(config_path, [*data, f"generator.options.path={tmp_path / 'gone.npz'}"]), "x")
     assert info.value.field == "generator.options.path"
+
+
+def test_a_declared_public_class_without_images_is_refused(public_npz, tmp_path):
+    path, images, labels = public_npz
+    few = tmp_path / "few.npz"  # declares ten names, holds digits 0..8 only
+    keep = labels != 9
+    np.savez(few, samples=images[keep], labels=labels[keep], max_value=np.float32(16.0))
+    with pytest.raises(ValueError, match=r"generator\.options\.classes.*'9'"):
+        make_generator("public_data", {"path": str(few), "class_names": list(DIGITS)}, digits_context())

@@ -299,6 +299,10 @@ class PublicDataGenerator:
         # 2. the pool each synthesized label draws from and searches in
         self.classes = self._match_mode()
         self.pools = {label: self._pool(label) for label in context.labels}
+        empty = [context.class_names[label] for label, pool in self.pools.items() if not len(pool)]
+        if empty:
+            raise ValueError(f"generator.options.classes: the public set at {options.path} has no image of class "
+                             f"{empty[0]!r} (set classes: any to draw from all of it)")
         # 3. embedded once; exact kNN per parent, cached by (pool, public index)
         embedder = make_embedder(options.embedder, context.max_value, options.embedder_options, context.device)
         if options.embedder != "pixels":
