@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from privevo.actors.generators.worker import generator_assumed_public
 from privevo.pipelines.config import RunConfig
 from privevo.pipelines.data import DatasetInfo, Split, public_size, write_parquet_atomic
 from privevo.pipelines.figures import pyplot, save_figure
@@ -170,6 +171,8 @@ def build_report(run: RunSummary, population: Population) -> dict[str, Any]:
                     if info.modality == "image" else "text; no bounds assumed"
                 ),
                 "generator": f"{cfg.generator.kind} (never sees private data)",
+                **({"generator_inputs": inputs} if (inputs := generator_assumed_public(cfg.generator.kind,
+                                                                                   cfg.generator.options)) else {}),
                 "seed": "the run seed drives generation and selection only; release noise is "
                         + ("from OpenDP's secure sampler" if secure else "SEEDED: this run is NOT private"),
             },

@@ -40,6 +40,12 @@ def validate_generator_options(kind: str, options: dict[str, Any]):
     return options_model.model_validate(options)
 
 
+def generator_assumed_public(kind: str, options: dict[str, Any]) -> dict[str, Any]:
+    """What a kind declares public beyond its model (a public data set): its ``assumed_public(options)``, or {}."""
+    hook = getattr(generator_class(kind), "assumed_public", None)
+    return dict(hook(validate_generator_options(kind, options))) if hook is not None else {}
+
+
 def make_generator(kind: str, options: dict[str, Any], context: GeneratorContext | None = None) -> Generator:
     """The generator a config names."""
     cls = generator_class(kind)
