@@ -117,9 +117,10 @@ class VoterShard:
             if not self.labels:
                 self._private = {}  # an evaluation-only shard (``privevo rebuild``): reads no private data
             elif store is not None:
-                from privevo.pipelines.embed_store import load_class
+                from privevo.pipelines.embed_store import load_classes
 
-                self._private = {label: load_class(Path(store), label, index, parts) for label in self.labels}
+                loaded = load_classes(Path(store), self.labels, index, parts)
+                self._private = {label: loaded[label] for label in self.labels}
             else:
                 private = self._load_private(data)
                 mine = np.sort(np.concatenate(

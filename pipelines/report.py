@@ -233,10 +233,19 @@ def write_outputs(run: RunSummary, population: Population, report: dict[str, Any
     write_json_atomic(out / "report.json", report)
 
 
-def plot_samples(population, real_images, real_labels, labels, max_value: float, path: Path, per_class: int = 8) -> None:
-    """A grid: per class, synthetic samples on the left, held-out real ones (if declared public) on the right."""
+MAX_CLASSES_DRAWN = 20  # one grid row a class: 1,000 rows (ImageNet) took minutes and gigabytes
+
+
+def plot_samples(population, real_images, real_labels, labels, max_value: float, path: Path, per_class: int = 8,
+                 max_classes: int = MAX_CLASSES_DRAWN) -> None:
+    """A grid: per class, synthetic samples on the left, held-out real ones (if declared public) on the right.
+
+    At most ``max_classes`` classes are drawn, evenly spaced over ``labels`` (all of them when fewer).
+    """
     plt = pyplot()
 
+    if len(labels) > max_classes:
+        labels = [labels[i] for i in np.linspace(0, len(labels) - 1, max_classes).round().astype(int)]
     rng = np.random.default_rng(0)
     fig, axes = plt.subplots(len(labels), 2 * per_class + 1, figsize=(2 * per_class * 0.6 + 0.6, len(labels) * 0.6))
     axes = np.atleast_2d(axes)

@@ -62,3 +62,38 @@ def test_gpu_suite_is_skipped_without_a_gpu(tmp_path, capsys):
 def test_unknown_suite_is_refused(tmp_path):
     with pytest.raises(SystemExit):
         main(["speed", "--results", str(tmp_path)])
+
+
+def test_imagenet_e2e_quick_runs_synthesize_and_checks_the_memory_bounds(tmp_path):
+    """benchmarks/imagenet_e2e.py --quick, as a user runs it: a real synthesize run (10 classes)
+    metered per process and phase, with the code's memory bounds beside what it measured."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, str(root / "benchmarks" / "imagenet_e2e.py"), "--quick", "--seeded-noise",
+                    "--out", str(tmp_path)], check=True, cwd=root, capture_output=True)
+    data = json.loads((tmp_path / "imagenet_e2e.json").read_text())
+    assert [row["generation"] for row in data["generations"]] == [0, 1, 2]
+    phases = {p["phase"]: p for p in data["phases"]}
+    assert {"start", "load", "finish"} <= set(phases)
+    for row in data["generations"]:
+        assert row["phase_seconds"] > 0 and row["peak_rss_mib"]["driver"] > 0
+        assert {"generator 0", "generator 1", "voter 0", "voter 1"} <= set(row["peak_rss_mib"])
+    assert data["generations"][1]["object_store_peak_mib"] > 0
+    assert any(key.startswith("voter 0: vote_peak_bytes") for key in data["bounds"]["verdicts"])
+    assert (tmp_path / "imagenet_e2e.png").stat().st_size > 1000
+
+
+def test_e2e_bounds_follow_the_engine_grouping_and_name_processes_by_role():
+    from benchmarks.e2e_bounds import generator_call_rows
+    from benchmarks.procmem import role_of
+
+    # ImageNet, 8x8 grey: 2 calls per actor, the last round small (125 of 4,000 shards a call)
+    assert generator_call_rows(1000, 1000, 250, 256, 2) == 1875 * 250
+    assert generator_call_rows(1000, 1000, 250, 4 * 64 * 64 * 3, 2) == 22 * 250  # 184 calls of <= 256 MiB
+    assert role_of(["ray::GeneratorWorker.shards"]) == "generator"
+    assert role_of(["ray::VoterShard"]) == "voter" and role_of(["ray::IDLE"]) is None
+    assert role_of(["/x/ray/core/src/ray/raylet/raylet", "--raylet_socket_name=/tmp/s"]) == "raylet"
+    assert role_of(["/venv/bin/python", "/x/ray/_private/workers/default_worker.py", "--raylet-name=r"]) is None

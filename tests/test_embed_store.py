@@ -35,6 +35,7 @@ from privevo.pipelines.embed_store import (
     check_setting,
     complete_manifest,
     load_class,
+    load_classes,
     read_manifest,
     store_key,
     store_path,
@@ -198,6 +199,11 @@ def test_store_holds_exactly_the_in_actor_embeddings(tmp_path, ray_session, kind
         # three shards of the class: disjoint, together the whole class, in row order
         parts = [load_class(store, c, i, 3) for i in range(3)]
         np.testing.assert_array_equal(np.concatenate(parts), np.concatenate([want[i::3] for i in range(3)]))
+    for i in range(3):  # all classes at once, each unit read once: the same arrays
+        together = load_classes(store, sorted(expected), i, 3)
+        assert sorted(together) == sorted(expected)
+        for c in expected:
+            np.testing.assert_array_equal(together[c], load_class(store, c, i, 3))
     for folder in (store, store / UNITS, store.parent):
         assert oct(folder.stat().st_mode & 0o777) == "0o700", folder
     again = build_store(store, data, "pixels", {}, 255.0, concurrency=2, num_cpus=0.25, unit_size=7)
