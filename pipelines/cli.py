@@ -17,6 +17,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 from privevo.pipelines import submit as jobs
 from privevo.pipelines.config import ConfigError, load_config
+from privevo.pipelines.interrupts import interrupt_of, interrupts_as_exceptions, where_it_failed, write_error_log
 
 INSECURE_NOISE_ENV = "PRIVEVO_INSECURE_NOISE_SEED"
 
@@ -125,6 +126,8 @@ def _synthesize(args: argparse.Namespace) -> int:
         run_dir = Path(args.out).expanduser()
     else:
         run_dir = Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    args.run_dir = run_dir
+    args.resume_with = f"privevo synthesize --resume {run_dir}"
     result = synthesize(
         config, run_dir, source=str(config_path), resume=bool(args.resume),
         insecure_noise_seed=_insecure_noise_seed(), progress=not args.quiet,
@@ -153,6 +156,8 @@ def _audit(args: argparse.Namespace) -> int:
     jobs.check_code(args.expect_code)
     config = load_audit_config(args.config, args.overrides)
     out = Path(args.out).expanduser() if args.out else Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    args.run_dir = out
+    args.resume_with = f"privevo audit {args.config} --out {out}" + "".join(f" --set {o}" for o in args.overrides)
     report = run_audit(config, out, source=args.config)
     print(f"audit directory    {out}")
     print(summary_table(report))
@@ -207,22 +212,46 @@ def _logs(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    commands = {"synthesize": _synthesize, "audit": _audit, "rebuild": _rebuild,
+                "submit": _submit, "status": _status, "logs": _logs}
     try:
-        if args.command == "synthesize":
-            return _synthesize(args)
-        if args.command == "audit":
-            return _audit(args)
-        if args.command == "rebuild":
-            return _rebuild(args)
-        if args.command in ("submit", "status", "logs"):
-            return {"submit": _submit, "status": _status, "logs": _logs}[args.command](args)
+        with interrupts_as_exceptions():
+            return commands[args.command](args)
     except ConfigError as exc:
         print(f"privevo: error: {exc}", file=sys.stderr)
         return 2
     except jobs.SubmitError as exc:
         print(f"privevo: error: {exc}", file=sys.stderr)
         return 1
-    return 1
+    except BaseException as exc:  # noqa: BLE001 - no traceback reaches a user
+        interrupted = interrupt_of(exc)
+        if interrupted is not None:
+            print(_stopped(args, interrupted.signal_name), file=sys.stderr)
+            return interrupted.exit_code
+        if not isinstance(exc, Exception):
+            raise  # SystemExit with another code, GeneratorExit: not ours to translate
+        log = write_error_log(exc, getattr(args, "run_dir", None))
+        where = where_it_failed(exc)
+        print(f"privevo: error: unexpected {type(exc).__name__}" + (f" in {where}" if where else "")
+              + (f"; the trace is in {log}" if log else "") + (f"; {_resume_hint(args)}" if _resume_hint(args) else ""),
+              file=sys.stderr)
+        return 1
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """How to go on with an interrupted or failed run ("" when it spent nothing and left nothing)."""
+    run_dir = getattr(args, "run_dir", None)
+    if run_dir is None or not Path(run_dir).exists():
+        return ""
+    return f"resume with: {args.resume_with}"
+
+
+def _stopped(args: argparse.Namespace, signal_name: str) -> str:
+    hint = _resume_hint(args)
+    if hint:
+        return f"privevo: stopped by {signal_name}; {hint}"
+    return f"privevo: stopped by {signal_name}" + (
+        "; no release was drawn: nothing was spent and nothing kept" if getattr(args, "run_dir", None) else "")
 
 
 if __name__ == "__main__":
