@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from privevo.pipelines.figures import pyplot, save_figure
+
 __all__ = ["plot_roc", "plot_tradeoff", "plot_vulnerable"]
 
 
@@ -19,10 +21,7 @@ def plot_vulnerable(paradigms: dict[str, Any], images: np.ndarray, canary_y: np.
     """The most vulnerable canaries of each paradigm as images (``images``: the canaries in
     [0, 1], (n, H, W), (n, H, W, C) channels last, or (n, d) drawn as one row), with their true
     and canary labels (``class_names`` where given). Private: the images are private samples."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = [(n, p["_vulnerable"]) for n, p in paradigms.items() if p.get("_vulnerable")]
     if not rows:
@@ -45,17 +44,12 @@ def plot_vulnerable(paradigms: dict[str, Any], images: np.ndarray, canary_y: np.
                     class_names[true_y[c]], class_names[canary_y[c]])
                 ax.set_title(f"{true}->{canary}\n{items[j]['gap']:.1f}", fontsize=7)
         axes[i][0].text(-0.5, 0.5, name, transform=axes[i][0].transAxes, ha="right", va="center", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_roc(paradigms: dict[str, Any], path: Path) -> None:
     """Each paradigm's (and level's) ROC curve of its headline attack, on log-log axes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(4.5, 4))
     for name, result in paradigms.items():
@@ -67,17 +61,12 @@ def plot_roc(paradigms: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_tradeoff(paradigms: dict[str, Any], path: Path) -> None:
     """Each paradigm on the plane of test accuracy against TPR at 0.1% FPR."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(4.5, 3.5))
     for name, p in paradigms.items():
@@ -86,6 +75,4 @@ def plot_tradeoff(paradigms: dict[str, Any], path: Path) -> None:
                     textcoords="offset points")
     ax.set_xlabel("TPR at 0.1% FPR (privacy leakage)")
     ax.set_ylabel("test accuracy (utility)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
