@@ -16,8 +16,10 @@ secure release noise (``--seeded-noise``: seeded, insecure, repeatable). ``--fra
 the per-class sizes and takes that fraction of the classes.
 
 Measured (:mod:`benchmarks.procmem`), per phase of the run: ``start`` (Ray up, the private
-set's checks, the embedding-store pass, the actors placed), ``load`` (voter shards load the
-store), ``generation t`` (from the end of S_{t-1}'s generate call to the end of S_t's: the
+set's checks, the embedding-store pass, the actors placed and built: since the run waits for
+every actor before generation 0, this includes the voter shards loading the store; results
+recorded before that change list it apart), ``load`` (from the actors ready to S_0's
+generate call), ``generation t`` (from the end of S_{t-1}'s generate call to the end of S_t's: the
 vote on S_{t-1} and release t, the selection, the variation calls and the checkpoint
 hand-off; for t = 0, S_0's random call) and ``finish`` (the prior baseline, the report and
 outputs): wall seconds, and the exact peak RSS (the kernel's VmHWM, reset at each phase
@@ -252,7 +254,11 @@ def _run_in(work: Path, out: Path, *, fraction: float, generations: int, final_p
         marks.append((name, time.perf_counter()))
         print(f"  {time.perf_counter() - t_run:8.1f}s  {name}", flush=True)
 
-    def on_actors(engine) -> None:
+    class Phases(privevo.RunObserver):
+        def engine_started(self, engine) -> None:  # every actor built (the voters have loaded the store)
+            wrap(engine)
+
+    def wrap(engine) -> None:
         mark("load")
         inner = engine.generate
 
@@ -276,7 +282,7 @@ def _run_in(work: Path, out: Path, *, fraction: float, generations: int, final_p
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*release noise is seeded.*")
-            result = privevo.synthesize(config, run_dir, on_actors=on_actors,
+            result = privevo.synthesize(config, run_dir, observer=Phases(),
                                         insecure_noise_seed=0 if seeded_noise else None)
         run_seconds = time.perf_counter() - t_run
         phases = sampler.stop()

@@ -126,7 +126,7 @@ def _synthesize(args: argparse.Namespace) -> int:
         run_dir = Path(args.out).expanduser()
     else:
         run_dir = Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    args.run_dir = run_dir
+    args.active_run_dir = run_dir
     args.resume_with = f"privevo synthesize --resume {run_dir}"
     result = synthesize(
         config, run_dir, source=str(config_path), resume=bool(args.resume),
@@ -156,7 +156,7 @@ def _audit(args: argparse.Namespace) -> int:
     jobs.check_code(args.expect_code)
     config = load_audit_config(args.config, args.overrides)
     out = Path(args.out).expanduser() if args.out else Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    args.run_dir = out
+    args.active_run_dir = out
     args.resume_with = f"privevo audit {args.config} --out {out}" + "".join(f" --set {o}" for o in args.overrides)
     report = run_audit(config, out, source=args.config)
     print(f"audit directory    {out}")
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             return interrupted.exit_code
         if not isinstance(exc, Exception):
             raise  # SystemExit with another code, GeneratorExit: not ours to translate
-        log = write_error_log(exc, getattr(args, "run_dir", None))
+        log = write_error_log(exc, getattr(args, "active_run_dir", None))
         where = where_it_failed(exc)
         print(f"privevo: error: unexpected {type(exc).__name__}" + (f" in {where}" if where else "")
               + (f"; the trace is in {log}" if log else "") + (f"; {_resume_hint(args)}" if _resume_hint(args) else ""),
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _resume_hint(args: argparse.Namespace) -> str:
     """How to go on with an interrupted or failed run ("" when it spent nothing and left nothing)."""
-    run_dir = getattr(args, "run_dir", None)
+    run_dir = getattr(args, "active_run_dir", None)
     if run_dir is None or not Path(run_dir).exists():
         return ""
     return f"resume with: {args.resume_with}"
@@ -251,7 +251,7 @@ def _stopped(args: argparse.Namespace, signal_name: str) -> str:
     if hint:
         return f"privevo: stopped by {signal_name}; {hint}"
     return f"privevo: stopped by {signal_name}" + (
-        "; no release was drawn: nothing was spent and nothing kept" if getattr(args, "run_dir", None) else "")
+        "; no release was drawn: nothing was spent and nothing kept" if getattr(args, "active_run_dir", None) else "")
 
 
 if __name__ == "__main__":

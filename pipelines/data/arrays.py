@@ -69,6 +69,11 @@ def npz_max_value(path: Path) -> float:
     return number
 
 
+def _has_array(path: Path, name: str) -> bool:
+    with zipfile.ZipFile(path) as archive:
+        return f"{name}.npy" in archive.namelist()
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -89,8 +94,12 @@ def arrays_split(data: Any, which: str) -> Split:
     classes = len(class_names_of(data))
     path, field, samples_name, labels_name = arrays_names(data, which)
     samples, raw = npz_arrays(path, [samples_name, labels_name], field)
-    # the declared range is the private file's (the held-out file, when another, need not repeat it)
-    check_sample_values(samples, npz_max_value(Path(config_value(data, "path"))), path, field)
+    # the declared range: the private file's; a held-out file of its own is checked against its own
+    # max_value if it has one (it is public, and evaluation only; a rebuild reads it without the private file)
+    if which == "private" or _same_file(path, Path(config_value(data, "path"))):
+        check_sample_values(samples, npz_max_value(path), path, field)
+    elif _has_array(path, "max_value"):
+        check_sample_values(samples, npz_max_value(path), path, field)
     labels = int_codes(raw, classes, path, f"array {labels_name!r}", field)
     if len(samples) != len(labels):
         raise DataError(field, f"{path}: arrays {samples_name!r} and {labels_name!r} differ in length")
