@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", default=str(OUT))
     parser.add_argument("--note", default="", help="how these settings were chosen (recorded)")
+    parser.add_argument("--tuning", default=None,
+                        help="a JSON-lines file of the tuning runs behind the settings (recorded as they are)")
     args = parser.parse_args(argv)
 
     import ray
@@ -145,6 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
         "overrides": args.overrides,
         "settings": config.model_dump(mode="json", exclude={"data"}),
         "how_chosen": args.note,
+        "tuning_runs": ([json.loads(line) for line in Path(args.tuning).read_text().splitlines() if line.strip()]
+                        if args.tuning else []),
         "accuracy_by_epsilon": by_eps,
         "prior_only_accuracy": runs[0]["prior_only_accuracy"],
         "real_private_accuracy": runs[0]["real_private_accuracy"],
