@@ -225,8 +225,27 @@ def check_modality(config: RunConfig, info: DatasetInfo, source: str) -> None:
         raise ConfigError(source, "embedder.kind", f"{config.embedder.kind!r} embeds {embeds}; the data is {info.modality}")
     if config.evaluation.features == "pixels" and info.modality != "image":
         raise ConfigError(source, "evaluation.features", "'pixels' needs image data; use 'embedding'")
-    if config.generator.kind == "simulator" and (info.sample_shape != (8, 8) or info.max_value != 16.0):
-        raise ConfigError(source, "generator.kind", f"the simulator draws 8x8 digits in 0..16; the data has samples {list(info.sample_shape)} in 0..{info.max_value:g}")
+    check_generator_context(config, info, source)
+
+
+def check_generator_context(config: RunConfig, info: DatasetInfo, source: str) -> None:
+    """A generator kind that can refuse data it cannot make (a ``check_context(options, context)``
+    classmethod raising ValueError, its ``field`` naming the config field) is asked here, with the
+    context its workers will get, before any private data is read."""
+    from privevo.actors.generators.base import GeneratorContext
+    from privevo.actors.generators.worker import generator_class, validate_generator_options
+
+    check = getattr(generator_class(config.generator.kind), "check_context", None)
+    if check is None:
+        return
+    labels = tuple(config.data.labels) if config.data.labels is not None else info.labels
+    try:
+        check(validate_generator_options(config.generator.kind, config.generator.options),
+              GeneratorContext(modality=info.modality, sample_shape=tuple(info.sample_shape),
+                               max_value=info.max_value, labels=labels,
+                               class_names={k: info.class_names[k] for k in labels}))
+    except ValueError as exc:
+        raise ConfigError(source, getattr(exc, "field", None) or "generator.options", str(exc)) from None
 
 
 def _options_error(source: str, prefix: str, exc: Exception) -> ConfigError:

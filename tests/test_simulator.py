@@ -9,9 +9,13 @@ import pytest
 
 from privevo.actors.generators.base import SampleBatch
 from privevo.actors.generators.simulator import (
+    FORMAT_SPECS,
     HAND_STYLES,
+    MNIST_SPECS,
     PARAM_SPECS,
     DigitSimulator,
+    SimulatorError,
+    SimulatorOptions,
     default_fonts,
     font_renders_digits,
     param_table,
@@ -250,3 +254,93 @@ def test_parents_gathered_from_earlier_outputs_equal_the_parents_themselves(sim:
     only_last = rows[rows >= starts[2]]  # the rows of one call: only that call is needed
     got = gather_rows(only_last, starts[[2]], (outputs[2],))
     np.testing.assert_array_equal(got.samples, population.take(only_last).samples)
+
+
+# ---------------------------------------------------------------------- the data's own format
+
+
+def _context(shape, max_value=255.0, names=None):
+    from privevo.actors.generators.base import GeneratorContext
+
+    names = names or {d: str(d) for d in range(10)}
+    return GeneratorContext("image", shape, max_value, tuple(names), names)
+
+
+def _build(shape, max_value=255.0, names=None, **options):
+    return DigitSimulator.from_options(SimulatorOptions(**options), _context(shape, max_value, names))
+
+
+def test_auto_format_follows_the_data_and_8x8_is_the_demo_bit_for_bit(sim: DigitSimulator) -> None:
+    assert [_build(shape).format for shape in ((8, 8), (28, 28), (28, 28, 3), (16, 24))] == [
+        "optdigits", "mnist", "mnist", "resize"]
+    demo = _build((8, 8), 16.0)  # what the demo's workers build from the bundled digits' context
+    labels = _labels(10)
+    np.testing.assert_array_equal(demo.random(labels, 3).samples, sim.random(labels, 3).samples)
+    assert _build((8, 8)).random(labels, 3).samples.max() > 16  # 0..255 data: 0..255 images
+
+
+def test_mnist_format_is_a_grey_digit_in_a_20_box_centred_by_mass() -> None:
+    mnist = _build((28, 28))
+    batch = mnist.random(_labels(30), seed=0)
+    images = batch.samples
+    assert images.shape == (300, 28, 28) and images.dtype == np.float32
+    assert images.min() >= 0 and images.max() <= 255
+    inked = images[images > 0]
+    assert ((inked > 20) & (inked < 235)).mean() > 0.2  # anti-aliased: grey edges, not a bitmap
+    rows, cols = (images > 0).any(2), (images > 0).any(1)
+    longer = np.maximum(rows.sum(1), cols.sum(1))
+    assert np.median(longer) in (20, 21) and (np.abs(longer - 20.5) <= 1.5).mean() > 0.9  # box 20 (+ edge)
+    grid = np.arange(28) + 0.5
+    mass = images.sum((1, 2))
+    com_y = (images.sum(2) @ grid) / mass
+    com_x = (images.sum(1) @ grid) / mass
+    assert np.abs(com_y - 14).max() < 0.5 and np.abs(com_x - 14).max() < 0.5
+    assert {s.name for s in MNIST_SPECS} == set(batch.params)
+    # pen width moves the ink; variation keeps the digit's box and centre
+    thick = dict(batch.params, stroke=np.full(len(batch), 0.25))
+    thin = dict(batch.params, stroke=np.full(len(batch), 0.08))
+    labels = batch.labels
+    assert mnist.render(labels, thick).sum() > 1.8 * mnist.render(labels, thin).sum()
+
+
+def test_channels_inversion_resize_and_class_names() -> None:
+    grey = _build((28, 28))
+    labels = _labels(3)
+    base = grey.random(labels, seed=1)
+    rgb = _build((28, 28, 3)).render(labels, base.params)
+    assert rgb.shape == (30, 28, 28, 3)
+    for c in range(3):
+        np.testing.assert_array_equal(rgb[..., c], base.samples)
+    np.testing.assert_allclose(_build((28, 28), invert=True).render(labels, base.params), 255 - base.samples)
+    wide = _build((16, 24), 1.0).random(labels, seed=2)
+    assert wide.samples.shape == (30, 16, 24) and 0 <= wide.samples.min() and wide.samples.max() <= 1.0
+    assert wide.samples.max() > 0.9
+    # labels are the data's classes; their public names say which digit each is
+    named = _build((28, 28), names={0: "seven", 1: "3"})
+    twin = named.random(np.array([0, 1, 1, 0]), seed=4)
+    np.testing.assert_array_equal(grey.render(np.array([7, 3, 3, 7]), twin.params), twin.samples)
+    with pytest.raises(ValueError, match="digits"):
+        named.random(np.array([2]), seed=0)
+
+
+def test_data_the_simulator_cannot_draw_is_refused_naming_the_field() -> None:
+    def refused(shape, names=None, **options):
+        with pytest.raises(SimulatorError) as info:
+            DigitSimulator.check_context(SimulatorOptions(**options), _context(shape, names=names))
+        return info.value.field
+
+    assert refused((16, 24), format="mnist") == "generator.options.format"
+    assert refused((16, 24), format="optdigits") == "generator.options.format"
+    assert refused((28, 28), names={0: "cat", 1: "dog"}) == "data.class_names"
+    assert refused((28, 28, 4)) == "generator.kind"
+    DigitSimulator.check_context(SimulatorOptions(), _context((16, 24)))  # resize draws any size
+    with pytest.raises(ValueError):
+        SimulatorOptions(format="emnist")
+
+
+def test_the_format_param_tables_list_their_own_parameters() -> None:
+    for fmt, specs in FORMAT_SPECS.items():
+        table = param_table(fmt)
+        for s in specs:
+            assert f"| {s.name} |" in table
+    assert "| ink |" not in param_table("mnist") and "| stroke |" in param_table("mnist")
