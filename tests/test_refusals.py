@@ -11,7 +11,7 @@ import pytest
 
 from privevo.pipelines.cli import main
 
-CLASSES = "data.class_names=[a, b, c, d, e, f, g, h, i, j]"
+CLASSES = "data.class_names=['0', '1', '2', '3', '4', '5', '6', '7', '8', '9']"
 
 
 @pytest.fixture(scope="module")
