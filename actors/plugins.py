@@ -14,7 +14,9 @@ The contract of each group's classes:
 - a generator: ``modality`` ("image" or "text"), an optional pydantic ``Options`` model
   (unknown fields refused), built as ``cls(options, context)`` (or ``cls.from_options`` if
   it has one), with ``random(labels, seed)`` and ``variation(parents, degree, seed)``
-  (see :mod:`actors.generators.base`);
+  (see :mod:`actors.generators.base`); optionally a classmethod ``check_context(options,
+  context)`` that refuses data it cannot draw (a ``ValueError`` with a ``field``), called with
+  the config's checks before any private data is read;
 - an embedder: ``modality``, a pydantic ``Options`` model, built as
   ``cls(max_value=..., options=..., device=...)``, with ``embed(samples)``, ``dim`` and
   ``name`` (see :mod:`actors.embedders.pixels`);
