@@ -15,9 +15,12 @@ from pathlib import Path
 from privevo.pipelines.config import ConfigError, RunConfig, config_differences, load_config, parse_error
 from privevo.pipelines.data import DataError, DatasetInfo, check_private_labels, dataset_info
 from privevo.pipelines.data import public_size as declared_public_size
+from privevo.pipelines.mixture import changes_results as mixture_changes_results
+from privevo.pipelines.mixture import model_views, naming
 from privevo.pipelines.privacy import BudgetError, PrivacyPlan, plan_releases
 
-# Config fields that may change when a run is resumed: they affect speed, not results.
+# Config fields that may change when a run is resumed: they affect speed, not results (of a
+# mixture's ``generators``, only each model's ``actors``: see pipelines/mixture.py).
 RESUMABLE_CHANGES = ("generators", "resources", "vote.knn_backend", "vote.query_chunk", "vote.db_chunk")
 # ... and when a finished run is rebuilt from its releases: what is evaluated, and where the
 # declared public held-out data now lies.
@@ -54,7 +57,9 @@ def check_config(config: RunConfig, source: str, info: DatasetInfo | None = None
             "privacy",
         )
         raise ConfigError(source, field_name, text.removeprefix(f"{field_name}: ")) from None
-    check_models(config, source)
+    for field_name, view in model_views(config):  # each model of a mixture, as its own config
+        with naming(field_name):
+            check_models(view, source)
     if info is None:
         try:
             info = dataset_info(config.data)
@@ -66,7 +71,9 @@ def check_config(config: RunConfig, source: str, info: DatasetInfo | None = None
     problem = check_setting(config.vote.embedding_store)
     if problem:
         raise ConfigError(source, "vote.embedding_store", problem)
-    check_modality(config, info, source)
+    for field_name, view in model_views(config):
+        with naming(field_name):
+            check_modality(view, info, source)
     labels = tuple(config.data.labels) if config.data.labels is not None else info.labels
     if not labels:
         raise ConfigError(source, "data.labels", "the label set is empty")
@@ -266,7 +273,8 @@ def check_resume(config: RunConfig, run_dir: Path, source: str,
     stored = load_config(stored_path, private_data=private_data).model_dump(mode="json")
     given = config.model_dump(mode="json")
     for path in config_differences(stored, given):
-        if any(path == field or path.startswith(field + ".") for field in allowed):
+        if any(path == field or path.startswith(field + ".") for field in allowed) \
+                and not mixture_changes_results(path, stored, given):
             continue
         a, b = stored, given
         for part in path.split("."):
@@ -283,8 +291,8 @@ def check_capacity(config: RunConfig, available: dict[str, float], voter_shards:
     """Fail fast when the Ray cluster cannot hold every actor at once (they would wait forever)."""
     res = config.resources
     need = {
-        "CPU": config.generators * res.generator_cpus + voter_shards * res.voter_cpus,
-        "GPU": config.generators * res.generator_gpus + voter_shards * res.voter_gpus,
+        "CPU": config.generator_actors * res.generator_cpus + voter_shards * res.voter_cpus,
+        "GPU": config.generator_actors * res.generator_gpus + voter_shards * res.voter_gpus,
     }
     for kind, amount in need.items():
         have = float(available.get(kind, 0.0))
@@ -292,6 +300,6 @@ def check_capacity(config: RunConfig, available: dict[str, float], voter_shards:
             field = "resources.generator_gpus" if kind == "GPU" else "resources.generator_cpus"
             raise ConfigError(
                 "cluster", field,
-                f"the plan needs {amount:g} {kind}s ({config.generators} generators, {voter_shards} voter shards) "
+                f"the plan needs {amount:g} {kind}s ({config.generator_actors} generators, {voter_shards} voter shards) "
                 f"but the Ray cluster has {have:g}; lower the per-actor resources or the actor counts",
             )

@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 
 class ConfigError(ValueError):
@@ -22,6 +23,7 @@ class ConfigError(ValueError):
     def __init__(self, source: str, field: str, message: str) -> None:
         self.source = source
         self.field = field
+        self.message = message
         super().__init__(f"{source}: {field}: {message}")
 
 
@@ -225,6 +227,38 @@ class GeneratorConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="validated by the kind's Options model")
 
 
+class GeneratorEntry(_Strict):
+    """One model of a mixture (``generators:`` as a list): its kind, typed options, share and actors."""
+
+    kind: str = Field(min_length=1, description="an installed generator kind, as generator.kind")
+    options: dict[str, Any] = Field(default_factory=dict, description="validated by the kind's Options model")
+    share: float = Field(gt=0, description="its share of generation 0 (the shares are normalised to sum to 1)")
+    actors: int = Field(1, ge=1, description="generator actors serving this model")
+    name: str | None = Field(None, min_length=1,
+                             description="shown in the report and models.png; default: the kind (kind-i if repeated)")
+
+    @field_validator("kind")
+    @classmethod
+    def _installed(cls, value: str) -> str:
+        return _installed_kind("generator", value)
+
+    @field_validator("share")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be finite")
+        return value
+
+
+# ``generators``: an actor count of the one ``generator``, or a mixture of models (a list).
+_GENERATOR_FORMS = ("count", "mixture")
+Generators = Annotated[
+    Union[Annotated[Annotated[int, Field(ge=1)], Tag("count")],
+          Annotated[Annotated[list[GeneratorEntry], Field(min_length=1)], Tag("mixture")]],
+    Discriminator(lambda value: "mixture" if isinstance(value, (list, tuple)) else "count"),
+]
+
+
 class EmbedderConfig(_Strict):
     """The embedding model of the vote: an installed kind (a ``privevo.embedders`` plugin) and its options."""
 
@@ -284,7 +318,9 @@ class RunConfig(_Strict):
     name: str = "run"
     seed: int = Field(0, ge=0, description="public seed of generation and selection (never of noise)")
     generations: int = Field(3, ge=1, description="T: PE generations, one noisy release each")
-    generators: int = Field(2, ge=1, description="generator actors")
+    generators: Generators = Field(
+        2, description="generator actors of the one generator; or a list of models, each {kind, options, share, "
+        "actors, name}: a mixture (see pipelines/mixture.py)")
     privacy: PrivacyConfig
     data: DataConfig = DataConfig()
     population: PopulationConfig = PopulationConfig()
@@ -295,9 +331,45 @@ class RunConfig(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     resources: ResourcesConfig = ResourcesConfig()
 
+    @model_validator(mode="after")
+    def _one_way_to_name_models(self) -> RunConfig:
+        if self.mixture and self.generator != GeneratorConfig():
+            raise ValueError("generator: with generators as a list, each model is an entry of generators; "
+                             "leave generator out")
+        names = self.model_names
+        if len(set(names)) != len(names):
+            raise ValueError(f"generators: model names {names} repeat; give each entry its own name")
+        return self
+
+    @property
+    def mixture(self) -> bool:
+        """Several models in one run: ``generators`` is a list of models."""
+        return isinstance(self.generators, list)
+
+    @property
+    def models(self) -> list[GeneratorEntry]:
+        """The run's models: the mixture's entries, or the one ``generator`` (share 1) with ``generators`` actors."""
+        if isinstance(self.generators, list):
+            return list(self.generators)
+        return [GeneratorEntry.model_construct(kind=self.generator.kind, options=self.generator.options, share=1.0,
+                                               actors=self.generators, name=None)]
+
+    @property
+    def model_names(self) -> list[str]:
+        """Each model's name: its own, else its kind (``kind-i`` where kinds repeat)."""
+        kinds = [m.kind for m in self.models]
+        return [m.name or (m.kind if kinds.count(m.kind) == 1 else f"{m.kind}-{i}") for i, m in enumerate(self.models)]
+
+    @property
+    def generator_actors(self) -> int:
+        """Generator actors of every model together."""
+        return sum(m.actors for m in self.models)
+
 
 def _field_path(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "(top level)"
+    # a union's branch tag (``generators``: count or mixture) is no field of the config
+    parts = [part for i, part in enumerate(loc) if not (i == 1 and loc[0] == "generators" and part in _GENERATOR_FORMS)]
+    return ".".join(str(part) for part in parts) or "(top level)"
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:

@@ -30,14 +30,16 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from privevo.actors.generators.base import SampleBatch
+from privevo.pipelines.backends import InProcessBackend
 from privevo.pipelines.config import ConfigError, RunConfig
 from privevo.pipelines.data import DataError, DatasetInfo
 from privevo.pipelines.histogram import degree_schedule
 from privevo.pipelines.metering import ActorUsage, GenerationMeter, MeteredRay
-from privevo.pipelines.population import ID_STRIDE, Parents, Population
+from privevo.pipelines.mixture import split_counts
+from privevo.pipelines.population import ID_STRIDE, Parents, Population, join_models, model_batch, model_runs
 
-# Stage codes mixed into derived seeds.
-RANDOM, VARIATION, LOOKAHEAD, SELECT, FINAL, PRIOR_BASELINE = range(6)
+# Stage codes mixed into derived seeds (MIXTURE: a mixture's split of fresh samples among its models).
+RANDOM, VARIATION, LOOKAHEAD, SELECT, FINAL, PRIOR_BASELINE, MIXTURE = range(7)
 _CALL_BYTES = 256 << 20  # samples per generator call, at most (bounds the memory of one result)
 # Generator calls per actor and generation, when each still holds _MIN_CALL_SAMPLES: the
 # first call starts while the driver still sends the others, and each call's classes are
@@ -133,52 +135,6 @@ def generator_context(info: DatasetInfo, labels: tuple[int, ...], device: str, r
     )
 
 
-# --------------------------------------------------------------------------- backends
-
-
-class _InProcessMethod:
-    def __init__(self, fn) -> None:
-        self._fn = fn
-
-    def remote(self, *args, **kwargs):
-        return self._fn(*args, **kwargs)
-
-    def options(self, **_: Any) -> _InProcessMethod:
-        return self
-
-
-class _InProcessHandle:
-    """``handle.method.remote(...)`` on a plain object, called right here."""
-
-    def __init__(self, obj) -> None:
-        self._obj = obj
-
-    def __getattr__(self, name: str) -> _InProcessMethod:
-        return _InProcessMethod(getattr(self._obj, name))
-
-
-class InProcessBackend:
-    """The few Ray calls an engine makes, done in this process: put and get are identities."""
-
-    in_process = True  # actor calls run right here: they are work, not dispatch (see MeteredRay)
-
-    @staticmethod
-    def put(value):
-        return value
-
-    @staticmethod
-    def get(value):
-        return value
-
-    @staticmethod
-    def remote(fn):
-        return _InProcessMethod(fn)
-
-    @staticmethod
-    def actor(cls, *args, **kwargs) -> _InProcessHandle:
-        return _InProcessHandle(cls(*args, **kwargs))
-
-
 # --------------------------------------------------------------------------- the engine
 
 
@@ -190,6 +146,7 @@ class _Made:
     parts: list[_Part]
     vote: list[Any] | None = None  # pending vote calls (for release ``vote_for``)
     vote_for: int | None = None
+    order: np.ndarray | None = None  # a mixture: population row -> row of the calls' outputs (else the same)
 
 
 @dataclass
@@ -246,56 +203,96 @@ class ActorEngine:
         if source is not None:
             starts = np.cumsum([0] + [part.rows for part in source.parts])[:-1]
         batch_of_parents = parents.batch if parents is not None and source is None else None
-        items, meta, item_labels = [], [], []
-        for label in self.labels:
-            for j, (a, b) in enumerate(_shards(work.per_class, self.config.population.shard_size)):
-                item_labels.append(label)
-                seed = derive_seed(self.config.seed, work.generation, work.stage, label, j)
-                if parents is None:
-                    items.append(("random", np.full(b - a, label), 0.0, seed))
-                    meta.append(np.full(b - a, -1, dtype=np.int64))
-                else:
-                    rows = parents.class_positions(label)[a:b]
+        mixture = self.config.mixture
+        split = self._split(work) if parents is None and mixture else None
+        # Items (shards) model by model, each model's class-major: a model's calls go to its own actors.
+        items, meta, item_labels, spans = [], [], [], []
+        for m in range(len(self.config.models)):
+            first = len(items)
+            for label in self.labels:
+                positions = None if parents is None else parents.class_positions(label, m if mixture else None)
+                n = len(positions) if parents is not None else split[label][m] if mixture else work.per_class
+                for j, (a, b) in enumerate(_shards(n, self.config.population.shard_size)):
+                    item_labels.append(label)
+                    keys = (label, j, m) if mixture else (label, j)  # one model: the seeds of a run without mixtures
+                    seed = derive_seed(self.config.seed, work.generation, work.stage, *keys)
+                    if parents is None:
+                        items.append(("random", np.full(b - a, label), 0.0, seed))
+                        meta.append(np.full(b - a, -1, dtype=np.int64))
+                        continue
+                    rows = positions[a:b]
                     if source is not None:
-                        items.append(("rows", parents.rows[rows], work.degree, seed))
+                        at = parents.rows[rows] if source.order is None else source.order[parents.rows[rows]]
+                        items.append(("rows", at, work.degree, seed))
                     else:
-                        items.append(("variation", batch_of_parents.take(rows), work.degree, seed))
+                        shard = batch_of_parents.take(rows)
+                        items.append(("variation", model_batch(shard, m) if mixture else shard, work.degree, seed))
                     meta.append(parents.ids[rows])
-        n_gen = len(self.generators)
-        total = sum(len(m) for m in meta)
-        by_bytes = max(1, -(-total * self._sample_bytes() // _CALL_BYTES))
-        calls = max(by_bytes, min(_PIPELINE_CALLS * n_gen, total // _MIN_CALL_SAMPLES))
-        calls = min(len(items), -(-calls // n_gen) * n_gen)  # whole rounds over the actors
-        groups = [g for g in _call_groups(len(items), calls, n_gen, small_tail=calls > by_bytes) if len(g)]
+            spans.append((m, first, len(items)))
+        refs, groups, made_by = [], [], []
         with self.ray.dispatch():
-            refs = []
-            for i, g in enumerate(groups):
-                generator, call_items = self.generators[i % n_gen], [items[k] for k in g]
-                if source is not None:
-                    rows = np.concatenate([item[1] for item in call_items])
-                    used = np.unique(np.searchsorted(starts, rows, side="right") - 1)
-                    refs.append(generator.shards_from.remote(call_items, starts[used],
-                                                             *[source.parts[p].ref for p in used]))
-                else:
-                    refs.append(generator.shards.remote(call_items))
+            for m, first, stop in spans:
+                actors = self.actors_of(m)
+                for i, g in enumerate(self._calls([len(meta[k]) for k in range(first, stop)], len(actors))):
+                    generator, call_items = actors[i % len(actors)], [items[first + k] for k in g]
+                    if source is not None:
+                        rows = np.concatenate([item[1] for item in call_items])
+                        used = np.unique(np.searchsorted(starts, rows, side="right") - 1)
+                        refs.append(generator.shards_from.remote(call_items, starts[used],
+                                                                 *[source.parts[p].ref for p in used]))
+                    else:
+                        refs.append(generator.shards.remote(call_items))
+                    groups.append(first + g)
+                    made_by.append(m)
         parts = [_Part(ref, frozenset(item_labels[k] for k in g), sum(len(meta[k]) for k in g))
                  for ref, g in zip(refs, groups)]
         vote = None
         if vote_for is not None and self.config.vote.lookahead == 0:
             vote = self._vote_by_ref(parts, dict.fromkeys(self.labels, work.per_class), vote_for)
         outputs = self.ray.get(refs)
-        # One output is used as it is (read-only, in the object store, which ``parts`` holds anyway).
-        batch = outputs[0] if len(outputs) == 1 else SampleBatch.concat(outputs)
+        parent_ids, model, order = np.concatenate(meta), None, None
+        if mixture:
+            # the calls' rows, model by model, put class-major (each class's rows stay in call order)
+            batch, model = join_models(outputs, made_by)
+            rank = {label: i for i, label in enumerate(self.labels)}
+            order = np.argsort(np.array([rank[int(x)] for x in batch.labels], dtype=np.int64), kind="stable")
+            batch, model, parent_ids = batch.take(order), model[order], parent_ids[order]  # order: row -> call row
+        else:
+            # One output is used as it is (read-only, in the object store, which ``parts`` holds anyway).
+            batch = outputs[0] if len(outputs) == 1 else SampleBatch.concat(outputs)
         n = len(batch)
         population = Population(
             ids=work.generation * ID_STRIDE + np.arange(n, dtype=np.int64),
-            parent_ids=np.concatenate(meta),
+            parent_ids=parent_ids,
             generation=np.full(n, work.generation, dtype=np.int64),
-            batch=batch,
+            batch=batch, model=model,
         )
         if work.stage != PRIOR_BASELINE:
-            self._made = _Made(population, parts, vote, vote_for if vote is not None else None)
+            self._made = _Made(population, parts, vote, vote_for if vote is not None else None, order)
         return population
+
+    def _calls(self, rows: list[int], n_actors: int) -> list[np.ndarray]:
+        """Items (of ``rows`` samples each) grouped into calls for ``n_actors`` actors: each call at
+        most ``_CALL_BYTES`` of samples, up to ``_PIPELINE_CALLS`` per actor, whole rounds."""
+        if not rows:
+            return []
+        total = sum(rows)
+        by_bytes = max(1, -(-total * self._sample_bytes() // _CALL_BYTES))
+        calls = max(by_bytes, min(_PIPELINE_CALLS * n_actors, total // _MIN_CALL_SAMPLES))
+        calls = min(len(rows), -(-calls // n_actors) * n_actors)  # whole rounds over the actors
+        return [g for g in _call_groups(len(rows), calls, n_actors, small_tail=calls > by_bytes) if len(g)]
+
+    def _split(self, work: Work) -> dict[int, np.ndarray]:
+        """Per class, each model's count of fresh samples: its share of ``work.per_class``, rounded
+        by a generator seeded from (seed, generation, stage, class)."""
+        shares = [m.share for m in self.config.models]
+        return {label: split_counts(shares, work.per_class, np.random.default_rng(
+            derive_seed(self.config.seed, work.generation, MIXTURE, work.stage, label))) for label in self.labels}
+
+    def actors_of(self, model: int) -> list[Any]:
+        """The generator actors of model ``model`` (index into the config's models)."""
+        first = sum(m.actors for m in self.config.models[:model])
+        return self.generators[first:first + self.config.models[model].actors]
 
     def _sample_bytes(self) -> int:
         """Bytes of one synthetic sample in transit (float32 images; a generous guess for text)."""
@@ -337,10 +334,15 @@ class ActorEngine:
             class_bytes[label] = len(rows) * self._sample_bytes() * max(1, lookahead)
             if lookahead > 0:
                 parts[label] = []
-                for j, (a, b) in enumerate(_shards(len(rows), self.config.population.shard_size)):
-                    seed = derive_seed(self.config.seed, generation, LOOKAHEAD, label, j)
-                    shard = population.batch.take(rows[a:b])
-                    parts[label].append(self._generator().lookahead.remote(shard, degree, lookahead, seed))
+                j = 0
+                for m, run in model_runs(population.model, rows):  # each sample varied by its own model
+                    for a, b in _shards(len(run), self.config.population.shard_size):
+                        keys = (label, j, m) if self.config.mixture else (label, j)
+                        seed = derive_seed(self.config.seed, generation, LOOKAHEAD, *keys)
+                        shard = population.batch.take(run[a:b])
+                        shard = model_batch(shard, m) if self.config.mixture else shard
+                        parts[label].append(self._generator(m).lookahead.remote(shard, degree, lookahead, seed))
+                        j += 1
             else:
                 parts[label] = [self.ray.put(population.batch.samples[rows])]
         calls: list[tuple[int, list[int], list[Any]]] = []
@@ -387,9 +389,10 @@ class ActorEngine:
         with self.ray.dispatch():
             return voter.vote_batches.remote(labels, *refs, tag=tag)
 
-    def _generator(self):
-        """Generator actors in turn (shards are spread round-robin)."""
-        actor = self.generators[self._next % len(self.generators)]
+    def _generator(self, model: int = 0):
+        """Generator actors of ``model`` in turn (shards are spread round-robin)."""
+        actors = self.actors_of(model)
+        actor = actors[self._next % len(actors)]
         self._next += 1
         return actor
 
@@ -460,11 +463,16 @@ def _voter_layout(config: RunConfig, labels: tuple[int, ...], public_only: bool)
 
 def _actor_args(config: RunConfig, info: DatasetInfo, labels: tuple[int, ...], voter_labels, store: Path | None,
                 record_dir: Path | None = None):
-    """Constructor arguments of every generator worker and voter shard."""
+    """Constructor arguments of every generator worker (one per actor, model by model; a mixture's
+    models record in their own folders) and voter shard."""
     res = config.resources
     split = config.resources.voter_split == "samples" and voter_labels != [()]
-    context = generator_context(info, labels, "cuda" if res.generator_gpus > 0 else "cpu", record_dir)
-    generator = ((config.generator.kind, dict(config.generator.options), context), {})
+    device = "cuda" if res.generator_gpus > 0 else "cpu"
+    generators = []
+    for i, model in enumerate(config.models):
+        folder = record_dir / f"model-{i}" if config.mixture and record_dir is not None else record_dir
+        context = generator_context(info, labels, device, folder)
+        generators += [((model.kind, dict(model.options), context), {})] * model.actors
     voters = [
         ((config.data.model_dump(), shard_labels, config.embedder.kind, info.max_value, info.sample_shape,
           config.vote.k, config.vote.knn_backend, config.vote.query_chunk, config.vote.db_chunk),
@@ -473,7 +481,7 @@ def _actor_args(config: RunConfig, info: DatasetInfo, labels: tuple[int, ...], v
           "part": (i, len(voter_labels)) if split else (0, 1)})
         for i, shard_labels in enumerate(voter_labels)
     ]
-    return generator, voters
+    return generators, voters
 
 
 def in_process_engine(config: RunConfig, info: DatasetInfo, labels: tuple[int, ...], store: Path | None = None,
@@ -485,10 +493,10 @@ def in_process_engine(config: RunConfig, info: DatasetInfo, labels: tuple[int, .
 
     backend = InProcessBackend()
     voter_labels = _voter_layout(config, labels, public_only)
-    (g_args, g_kwargs), voters = _actor_args(config, info, labels, voter_labels, store, record_dir)
+    generators, voters = _actor_args(config, info, labels, voter_labels, store, record_dir)
     return ActorEngine(
         config, info, labels, MeteredRay(backend),
-        generators=[backend.actor(GeneratorWorker, *g_args, **g_kwargs) for _ in range(config.generators)],
+        generators=[backend.actor(GeneratorWorker, *args, **kwargs) for args, kwargs in generators],
         voters=[backend.actor(VoterShard, *args, **kwargs) for args, kwargs in voters],
         voter_labels=voter_labels,
     )
@@ -501,7 +509,7 @@ def placement_bundles(config: RunConfig, voter_shards: int) -> list[dict[str, fl
     def bundle(cpus: float, gpus: float) -> dict[str, float]:
         return {k: float(v) for k, v in (("CPU", cpus), ("GPU", gpus)) if v > 0}
 
-    return ([bundle(res.generator_cpus, res.generator_gpus)] * config.generators
+    return ([bundle(res.generator_cpus, res.generator_gpus)] * config.generator_actors
             + [bundle(res.voter_cpus, res.voter_gpus)] * voter_shards)
 
 
@@ -527,8 +535,8 @@ def placement_error(config: RunConfig, bundles: list[dict[str, float]], cluster:
     haves = ", ".join(f"{v:g} {k}" for k, v in have.items())
     return ConfigError(
         "cluster", field_name,
-        f"the plan needs {needs} in {len(bundles)} bundles ({config.generators} generators, "
-        f"{len(bundles) - config.generators} voter shard(s); placement {res.placement!r}) but the Ray cluster has "
+        f"the plan needs {needs} in {len(bundles)} bundles ({config.generator_actors} generators, "
+        f"{len(bundles) - config.generator_actors} voter shard(s); placement {res.placement!r}) but the Ray cluster has "
         f"{haves}; its placement group was not ready within resources.placement_timeout_s = "
         f"{res.placement_timeout_s:g} s; {advice}",
     )
@@ -567,14 +575,14 @@ def ray_engine(config: RunConfig, info: DatasetInfo, labels: tuple[int, ...], st
             return {"num_cpus": cpus, "num_gpus": gpus, "max_restarts": 3, "max_task_retries": 3,
                     "scheduling_strategy": PlacementGroupSchedulingStrategy(group, index)}
 
-        (g_args, g_kwargs), voters = _actor_args(config, info, labels, voter_labels, store, record_dir)
+        generators, voters = _actor_args(config, info, labels, voter_labels, store, record_dir)
         generator_cls, voter_cls = ray.remote(GeneratorWorker), ray.remote(VoterShard)
         engine.generators = [
-            generator_cls.options(**options(i, res.generator_cpus, res.generator_gpus)).remote(*g_args, **g_kwargs)
-            for i in range(config.generators)
+            generator_cls.options(**options(i, res.generator_cpus, res.generator_gpus)).remote(*args, **kwargs)
+            for i, (args, kwargs) in enumerate(generators)
         ]
         engine.voters = [
-            voter_cls.options(**options(config.generators + i, res.voter_cpus, res.voter_gpus)).remote(*args, **kwargs)
+            voter_cls.options(**options(len(generators) + i, res.voter_cpus, res.voter_gpus)).remote(*args, **kwargs)
             for i, (args, kwargs) in enumerate(voters)
         ]
     except BaseException:

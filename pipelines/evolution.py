@@ -276,7 +276,7 @@ class Synthesis:
         hooks = RunHooks(engine, generations=T, labels=self.labels, threshold=self.threshold, evaluate=evaluate,
                          every_generation=cfg.evaluation.every_generation, save=self._save_checkpoint,
                          ledger_binding=self._ledger_binding, degree=degree, progress=progress, state=state,
-                         wall0=wall0, observer=self.observer)
+                         wall0=wall0, observer=self.observer, model_names=cfg.model_names if cfg.mixture else None)
         releases = LedgerReleases(self.ledger, self.mechanism, self.threshold, self.insecure_noise_seed, hooks.timed,
                                   self.observer)
         schedule = Schedule(

@@ -35,7 +35,7 @@ from privevo.pipelines.engines import ActorEngine, Work
 from privevo.pipelines.histogram import threshold_counts
 from privevo.pipelines.metering import GenerationMeter, role_totals
 from privevo.pipelines.metrics import downstream_accuracy, frechet_distance
-from privevo.pipelines.population import Population
+from privevo.pipelines.population import Population, model_shares
 
 
 class RunObserver:
@@ -209,7 +209,8 @@ class RunHooks:
                  evaluate: Evaluation, every_generation: bool,
                  save: Callable[[Population, dict[str, Any]], None], ledger_binding: Callable[[int], dict[str, Any]],
                  degree: Callable[[int], float], progress: Progress, state: dict[str, Any] | None,
-                 wall0: float, observer: RunObserver) -> None:
+                 wall0: float, observer: RunObserver, model_names: list[str] | None = None) -> None:
+        self.model_names = model_names  # a mixture's models (each generation records their shares)
         self.engine, self.T, self.evaluate, self.every_generation = engine, generations, evaluate, every_generation
         self.labels, self.threshold = labels, threshold
         self.save, self.ledger_binding, self.degree = save, ledger_binding, degree
@@ -259,6 +260,8 @@ class RunHooks:
         record: dict[str, Any] = {"generation": t, "samples": len(population)}
         if t > 0:
             record.update(degree=self.degree(t), positive_bins_per_class=self._positive_bins(histogram))
+        if population.model is not None:  # a mixture: which models' samples the votes kept
+            record["models"] = model_shares(population.model, population.batch.labels, self.labels, self.model_names)
         if t == 0 or self.every_generation or final:
             with self.stage("evaluate"):
                 record.update(self.evaluate(population.batch.samples, population.batch.labels))

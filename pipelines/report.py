@@ -8,6 +8,7 @@ private records and anything computed from them never reach this module.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -21,6 +22,7 @@ from privevo.pipelines.data import DatasetInfo, Split, public_size, write_parque
 from privevo.pipelines.figures import pyplot, save_figure
 from privevo.pipelines.files import write_json_atomic
 from privevo.pipelines.metering import plot_cost, run_cost
+from privevo.pipelines.mixture import describe as describe_models
 from privevo.pipelines.privacy import NOISE_SOURCE_SECURE, EpsilonBound, ReleaseRecord, epsilon_closed_form
 
 if TYPE_CHECKING:
@@ -170,15 +172,15 @@ def build_report(run: RunSummary, population: Population) -> dict[str, Any]:
                     f"pixel values in [0, {info.max_value:g}], images {list(info.sample_shape)}"
                     if info.modality == "image" else "text; no bounds assumed"
                 ),
-                "generator": f"{cfg.generator.kind} (never sees private data)",
-                **({"generator_inputs": inputs} if (inputs := generator_assumed_public(cfg.generator.kind,
-                                                                                   cfg.generator.options)) else {}),
+                "generator": f"{describe_models(cfg)} (never sees private data)",
+                **({"generator_inputs": inputs} if (inputs := generator_inputs(cfg)) else {}),
                 "seed": "the run seed drives generation and selection only; release noise is "
                         + ("from OpenDP's secure sampler" if secure else "SEEDED: this run is NOT private"),
             },
             "side_channels": "wall-clock, CPU and GPU seconds and cost (report keys "
                              + ", ".join(SIDE_CHANNELS) + "; the ledger's time field; cost.png)",
         },
+        **({"models": models_summary(cfg, final)} if cfg.mixture else {}),
         "generations": state["generations"],
         "evaluation": {
             "accuracy": final.get("accuracy"),
@@ -206,7 +208,8 @@ def build_report(run: RunSummary, population: Population) -> dict[str, Any]:
             "ledger": "ledger.jsonl",
             "releases": "releases/",
             "dataset": "dataset.json",
-            "plots": ["samples.png" if info.modality == "image" else "samples.md", "progress.png", "cost.png"],
+            "plots": ["samples.png" if info.modality == "image" else "samples.md", "progress.png", "cost.png",
+                      *(["models.png"] if cfg.mixture else [])],
             "private": {
                 "folder": "private/ (owner-only; not an output: never copy it with the run)",
                 "real_baseline": "private/real_baseline.json" if cfg.evaluation.real_baseline else None,
@@ -221,7 +224,11 @@ def write_outputs(run: RunSummary, population: Population, report: dict[str, Any
     """synthetic.parquet, the plots, then report.json last (its presence marks a finished run)."""
     out = run.run_dir
     names = [run.info.class_names[label] for label in sorted(run.info.class_names)]
-    write_parquet_atomic(population.table(run.info.max_value, class_names=names), out / "synthetic.parquet")
+    table = population.table(run.info.max_value, class_names=names)
+    if run.config.mixture:  # the ``model`` column's names
+        table = table.replace_schema_metadata({**table.schema.metadata,
+                                               b"models": json.dumps(run.config.model_names).encode()})
+    write_parquet_atomic(table, out / "synthetic.parquet")
     if run.info.modality == "image":
         # held-out images are drawn only when declared public (run.heldout is None otherwise)
         real = (None, None) if run.heldout is None else (run.heldout.samples, run.heldout.labels)
@@ -230,6 +237,8 @@ def write_outputs(run: RunSummary, population: Population, report: dict[str, Any
         write_text_samples(population, run.info.class_names, run.labels, out / "samples.md")
     plot_progress(report, out / "progress.png")
     plot_cost(report["generations"], out / "cost.png")
+    if run.config.mixture:
+        plot_models(report["generations"], run.config.model_names, run.labels, out / "models.png")
     write_json_atomic(out / "report.json", report)
 
 
@@ -310,6 +319,60 @@ def plot_progress(report: dict[str, Any], path: Path) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     eps = report["privacy"]["epsilon"]
     fig.suptitle(f"epsilon = {eps:.3g}, delta = {report['privacy']['delta']:g}", fontsize=9)
+    save_figure(fig, path)
+
+
+def generator_inputs(cfg: RunConfig) -> dict[str, Any]:
+    """What the run's models declare public beyond themselves (a public data set), by model in a mixture."""
+    if not cfg.mixture:
+        return generator_assumed_public(cfg.generator.kind, cfg.generator.options)
+    found = {name: generator_assumed_public(m.kind, m.options) for name, m in zip(cfg.model_names, cfg.models)}
+    return {name: inputs for name, inputs in found.items() if inputs}
+
+
+def models_summary(cfg: RunConfig, final: dict[str, Any]) -> dict[str, Any]:
+    """A mixture's models (index = the ``model`` column of synthetic.parquet) and their shares of
+    the released set (per generation: ``generations[t].models``)."""
+    total = sum(m.share for m in cfg.models)
+    return {
+        "names": cfg.model_names,
+        "kinds": [m.kind for m in cfg.models],
+        "initial_shares": [m.share / total for m in cfg.models],
+        "actors": [m.actors for m in cfg.models],
+        "final": final["models"],
+        "note": "a model's share of a generation is a function of the releases and the seed (post-processing)",
+    }
+
+
+def plot_models(generations: list[dict[str, Any]], names: list[str], labels: tuple[int, ...], path: Path,
+                max_classes: int = MAX_CLASSES_DRAWN) -> None:
+    """Each model's share per generation: overall (left) and per class (right, at most ``max_classes``)."""
+    plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    x = [g["generation"] for g in generations]
+    if len(labels) > max_classes:
+        labels = tuple(labels[i] for i in np.linspace(0, len(labels) - 1, max_classes).round().astype(int))
+    cols = min(5, len(labels))
+    rows = -(-len(labels) // cols)
+    fig = plt.figure(figsize=(4 + 1.6 * cols, max(3.0, 1.4 * rows)))
+    grid = fig.add_gridspec(rows, 2 * cols, width_ratios=[1.2] * cols + [1] * cols)
+    overall = fig.add_subplot(grid[:, :cols])
+    overall.stackplot(x, *[[g["models"]["overall"][n] for g in generations] for n in names], labels=names)
+    overall.set_xlabel("generation")
+    overall.set_ylabel("share of the population")
+    overall.set_ylim(0, 1)
+    overall.set_title("all classes", fontsize=9)
+    overall.legend(fontsize=7, loc="lower left")
+    for i, label in enumerate(labels):
+        ax = fig.add_subplot(grid[i // cols, cols + i % cols])
+        ax.stackplot(x, *[[g["models"]["per_class"][str(label)][n] for g in generations] for n in names])
+        ax.set_ylim(0, 1)
+        ax.set_title(str(label), fontsize=7)
+        ax.tick_params(labelsize=5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    overall.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle("each model's share of S_t (the votes decide which models' samples survive)", fontsize=9)
     save_figure(fig, path)
 
 

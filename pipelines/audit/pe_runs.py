@@ -117,8 +117,8 @@ def pe_run_resources(config: AuditConfig, index: int, template: RunConfig | None
     pe = template if template is not None else pe_config_template(config, index, source)
     res = pe.resources
     shards = min(res.voter_shards, len(describe_data(config, source).labels))
-    return {"CPU": pe.generators * res.generator_cpus + (shards + 1) * res.voter_cpus,
-            "GPU": pe.generators * res.generator_gpus + (shards + 1) * res.voter_gpus}
+    return {"CPU": pe.generator_actors * res.generator_cpus + (shards + 1) * res.voter_cpus,
+            "GPU": pe.generator_actors * res.generator_gpus + (shards + 1) * res.voter_gpus}
 
 
 def run_pe_chunk(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, dict[str, np.ndarray]]:

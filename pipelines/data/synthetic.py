@@ -41,6 +41,7 @@ def synthetic_table(
     max_value: float,
     png: bool = True,
     class_names: list[str] | None = None,
+    models: np.ndarray | None = None,
 ) -> pa.Table:
     """The synthetic set as an Arrow table: ids, lineage, the sample and generator params.
 
@@ -48,7 +49,8 @@ def synthetic_table(
     ``png``, as PNG bytes (``png``, a struct of ``bytes`` and ``path`` as Hugging Face's Image
     feature stores it: for people and other tools; checkpoints skip it,
     encoding is most of their cost); text as ``text``. With ``class_names``, the schema also
-    carries the Hugging Face features (:func:`huggingface_features`).
+    carries the Hugging Face features (:func:`huggingface_features`). With ``models`` (several
+    models in one run), a ``model`` column says which model made each sample.
     """
     n = len(ids)
     columns: dict[str, pa.Array] = {
@@ -57,6 +59,8 @@ def synthetic_table(
         "generation": pa.array(np.asarray(generations, dtype=np.int64)),
         "parent_id": pa.array(np.asarray(parent_ids, dtype=np.int64)),
     }
+    if models is not None:
+        columns["model"] = pa.array(np.asarray(models, dtype=np.int64))
     is_text = samples.dtype == object
     if is_text:
         columns["text"] = pa.array([str(s) for s in samples], type=pa.string())
