@@ -356,8 +356,8 @@ class RunConfig(_Strict):
 
     @property
     def model_names(self) -> list[str]:
-        """Each model's name: its own, else its kind (``kind-i`` where kinds repeat)."""
-        kinds = [m.kind for m in self.models]
+        """Each model's name: its own, else its kind (``kind-i`` where unnamed models share a kind)."""
+        kinds = [m.kind for m in self.models if not m.name]
         return [m.name or (m.kind if kinds.count(m.kind) == 1 else f"{m.kind}-{i}") for i, m in enumerate(self.models)]
 
     @property

@@ -193,7 +193,9 @@ class ActorEngine:
         on the grouping. With ``vote_for`` (and no lookahead) the vote on the new samples is
         sent at once too: the voters take each class as soon as the call that completes it
         is done, from the generators' own objects. Parents still in the object store are not
-        sent: each call gets their rows and the refs of the calls that made them.
+        sent: each call gets their rows and the refs of the calls that made them. A mixture
+        (:mod:`pipelines.mixture`): fresh samples split among the models by share, a variation
+        made by its parent's model, each model's shards on its own actors; rows class-major.
         """
         parents = work.parents
         if parents is not None and work.degree == 0:
@@ -214,7 +216,7 @@ class ActorEngine:
                 n = len(positions) if parents is not None else split[label][m] if mixture else work.per_class
                 for j, (a, b) in enumerate(_shards(n, self.config.population.shard_size)):
                     item_labels.append(label)
-                    keys = (label, j, m) if mixture else (label, j)  # one model: the seeds of a run without mixtures
+                    keys = (label, j, m) if m else (label, j)  # model 0: the seeds of a run with that model alone
                     seed = derive_seed(self.config.seed, work.generation, work.stage, *keys)
                     if parents is None:
                         items.append(("random", np.full(b - a, label), 0.0, seed))
@@ -337,7 +339,7 @@ class ActorEngine:
                 j = 0
                 for m, run in model_runs(population.model, rows):  # each sample varied by its own model
                     for a, b in _shards(len(run), self.config.population.shard_size):
-                        keys = (label, j, m) if self.config.mixture else (label, j)
+                        keys = (label, j, m) if m else (label, j)
                         seed = derive_seed(self.config.seed, generation, LOOKAHEAD, *keys)
                         shard = population.batch.take(run[a:b])
                         shard = model_batch(shard, m) if self.config.mixture else shard
