@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
                   f"accuracy {row['accuracy_mean']:.4f} mixed, {row['simulator_alone_accuracy_mean']:.4f} "
                   f"simulator alone", flush=True)
     result = {
-        "command": "python -m benchmarks.mixture " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["python -m benchmarks.mixture", *(argv if argv is not None else sys.argv[1:])]),
+        "setup": "examples/blobs installed (pip install ./examples/blobs)",
         "config": str(DEMO_CONFIG.relative_to(ROOT)),
         "mixture": MIXTURE,
         "engine": args.engine,

@@ -462,5 +462,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None, *, private
 
 
 def dump_config(config: RunConfig) -> str:
-    """The fully resolved config as YAML (every default written out)."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    """The fully resolved config as YAML (every default written out; with a mixture, its models
+    are ``generators`` and the unused ``generator`` section is left out)."""
+    data = config.model_dump(mode="json")
+    if config.mixture:
+        del data["generator"]
+    return yaml.safe_dump(data, sort_keys=False)

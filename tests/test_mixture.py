@@ -86,6 +86,7 @@ def test_a_mixture_is_data_and_round_trips_through_its_yaml():
     assert config.mixture and config.model_names == ["simulator", "hand"] and config.generator_actors == 3
     assert [m.actors for m in config.models] == [1, 2]
     assert load_config_from_text(dump_config(config)) == config
+    assert "generator:" not in dump_config(config)  # the unused single-model section is not written
     single = small_config()
     assert not single.mixture and single.generator_actors == 2 and single.model_names == ["simulator"]
 
