@@ -231,11 +231,13 @@ class ActorEngine:
                         items.append(("variation", model_batch(shard, m) if mixture else shard, work.degree, seed))
                     meta.append(parents.ids[rows])
             spans.append((m, first, len(items)))
+        plans = [(m, first, self._calls([len(meta[k]) for k in range(first, stop)], len(self.actors_of(m))))
+                 for m, first, stop in spans]
         refs, groups, made_by = [], [], []
         with self.ray.dispatch():
-            for m, first, stop in spans:
+            for m, first, calls in plans:
                 actors = self.actors_of(m)
-                for i, g in enumerate(self._calls([len(meta[k]) for k in range(first, stop)], len(actors))):
+                for i, g in enumerate(calls):
                     generator, call_items = actors[i % len(actors)], [items[first + k] for k in g]
                     if source is not None:
                         rows = np.concatenate([item[1] for item in call_items])
@@ -256,8 +258,9 @@ class ActorEngine:
         if mixture:
             # the calls' rows, model by model, put class-major (each class's rows stay in call order)
             batch, model = join_models(outputs, made_by)
-            rank = {label: i for i, label in enumerate(self.labels)}
-            order = np.argsort(np.array([rank[int(x)] for x in batch.labels], dtype=np.int64), kind="stable")
+            rank = np.zeros(max(self.labels) + 1, dtype=np.int64)
+            rank[list(self.labels)] = np.arange(len(self.labels))
+            order = np.argsort(rank[batch.labels], kind="stable")
             batch, model, parent_ids = batch.take(order), model[order], parent_ids[order]  # order: row -> call row
         else:
             # One output is used as it is (read-only, in the object store, which ``parts`` holds anyway).
