@@ -109,3 +109,52 @@ def test_the_resource_plan_follows_the_machine():
     with pytest.raises(ConfigError) as info_:
         check_resources(config, info, labels, "c", memory=int(plan["driver_bytes"] / 0.8) - 1)
     assert info_.value.field == "population.final_per_class"
+
+
+# --------------------------------------------------------------------------- found by tests/test_fuzz.py
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray((image / 16 * 255).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_an_unreadable_image_file_is_refused_before_any_release(digits_arrays, tmp_path, capsys, monkeypatch):
+    """A corrupt PNG used to crash the voter (PIL's OSError: exit 1, after Ray started)."""
+    monkeypatch.setenv("PRIVEVO_PRIVATE_DIR", str(tmp_path / "owner"))
+    x, y = digits_arrays
+    root = tmp_path / "images"
+    for i in range(30):
+        (root / str(y[i] % 3)).mkdir(parents=True, exist_ok=True)
+        (root / str(y[i] % 3) / f"secret-name-{i:02d}.png").write_bytes(_png_bytes(x[i]))
+    victim = sorted((root / "1").iterdir())[2]
+    victim.write_bytes(victim.read_bytes()[:40])
+    settings = ["data.kind=image_folder", f"data.path={root}", "data.class_names=['0', '1', '2']",
+                "data.image_size=[8, 8]", "data.public_size=30"]
+    field, message = refused(capsys, tmp_path, *settings)
+    assert field == "data.path" and "not readable" in message and "secret-name" not in message
+    listed = Path(message.split("rows: ")[1].split(" (owner-only)")[0])
+    files = sorted(p for c in "012" for p in (root / c).iterdir())  # the source's rows: class order, then name
+    assert [files[r] for r in json.loads(listed.read_text())["rows"]] == [victim]
+
+
+def test_unreadable_image_bytes_in_a_parquet_shard_are_refused_before_any_release(digits_arrays, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x, y = digits_arrays
+    images = [_png_bytes(img) for img in x[:30]]
+    images[5] = images[5][:30]
+    root = tmp_path / "shards"
+    root.mkdir()
+    pq.write_table(pa.table({"label": pa.array(y[:30] % 3), "image": pa.array(images, pa.binary())}),
+                   root / "part-0.parquet")
+    field, message = refused(capsys, tmp_path, "data.kind=parquet_shards", f"data.path={root}",
+                             "data.class_names=['0', '1', '2']", "data.image_size=[8, 8]", "data.public_size=30")
+    assert field == "data.image_column" and "not a readable image" in message
+
