@@ -158,3 +158,19 @@ def test_unreadable_image_bytes_in_a_parquet_shard_are_refused_before_any_releas
                              "data.class_names=['0', '1', '2']", "data.image_size=[8, 8]", "data.public_size=30")
     assert field == "data.image_column" and "not a readable image" in message
 
+
+def test_one_channel_arrays_and_an_empty_private_set_run(digits_arrays, tmp_path, capsys, monkeypatch):
+    """Samples (n, H, W, 1) used to draw the release, then fail writing the synthetic set's PNGs
+    (the budget spent for nothing); an empty set failed reshaping in the range check."""
+    monkeypatch.setenv("PRIVEVO_INSECURE_NOISE_SEED", "1")
+    x, y = digits_arrays
+    for name, samples, labels in [("one_channel", x[:60, ..., None], y[:60]), ("empty", x[:0], y[:0])]:
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, samples=samples, labels=labels, max_value=np.float64(16))
+        out = tmp_path / name
+        argv = ["synthesize", "configs/digits.yaml", "--out", str(out), "--quiet", "--set", "generations=1",
+                "--set", "resources.engine=in_process", "--set", "population.per_class=8", "--set",
+                "population.final_per_class=8", "--set", "data.kind=arrays", "--set", f"data.path={path}",
+                "--set", CLASSES, "--set", "data.public_size=60"]
+        assert main(argv) == 0, capsys.readouterr().err
+        assert (out / "ledger.jsonl").exists() and (out / "synthetic.parquet").exists()
