@@ -174,3 +174,13 @@ def test_one_channel_arrays_and_an_empty_private_set_run(digits_arrays, tmp_path
                 "--set", CLASSES, "--set", "data.public_size=60"]
         assert main(argv) == 0, capsys.readouterr().err
         assert (out / "ledger.jsonl").exists() and (out / "synthetic.parquet").exists()
+
+
+def test_gpus_asked_of_the_in_process_engine_on_a_machine_without_one_are_refused(tmp_path, capsys):
+    """Used to fail in torch's CUDA initialisation (an unexpected AssertionError, exit 1)."""
+    from privevo.pipelines.checks import cuda_available
+
+    if cuda_available():
+        pytest.skip("this machine has a CUDA device: the in-process engine may use it")
+    for field in ("resources.voter_gpus", "resources.generator_gpus"):
+        assert refused(capsys, tmp_path, f"{field}=0.5")[0] == field
