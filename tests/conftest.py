@@ -56,3 +56,19 @@ def digits_image_folder(root, per_class=12, classes=3, size=16):
             img = (digits.images[row] / 16 * 255).astype(np.uint8)
             Image.fromarray(img).resize((size, size)).convert("RGB").save(folder / f"{i:03d}.png")
     return names
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How many generated cases the fuzz suite ran (tests/test_fuzz.py), by property and outcome."""
+    import sys
+
+    fuzz = sys.modules.get("test_fuzz")
+    cases = getattr(fuzz, "CASES", None)
+    if not cases:
+        return
+    terminalreporter.section("fuzz cases")
+    for kind in sorted({k for k, _ in cases}):
+        outcomes = {o: n for (k, o), n in sorted(cases.items()) if k == kind}
+        terminalreporter.write_line(f"{kind:14s} {sum(outcomes.values()):4d} cases: "
+                                    + ", ".join(f"{n} {o}" for o, n in outcomes.items()))
+    terminalreporter.write_line(f"{'total':14s} {sum(cases.values()):4d} cases")
