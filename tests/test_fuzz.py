@@ -957,3 +957,25 @@ def test_the_fuzz_suite_ran_its_cases():
         assert sum(outcomes.values()) >= least, (kind, outcomes)
         assert outcomes.get("refused", 0) > 0 and outcomes.get("ran", 0) + outcomes.get("accepted", 0) > 0, (
             kind, outcomes)
+
+
+@pytest.mark.xfail(strict=True, reason="pipelines/checks.py check_config calls embed_store.check_setting without "
+                   "the run directory (synthesize in pipelines/evolution.py does not pass it), so a store inside "
+                   "the run directory passes every check and store_path's ValueError in Synthesis.__init__ is an "
+                   "unexpected error (exit 1), not a refusal naming vote.embedding_store")
+def test_an_embedding_store_inside_the_run_directory_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    argv = ["synthesize", DIGITS, "--out", str(run_dir), "--quiet", "--set", "resources.engine=in_process",
+            "--set", f"vote.embedding_store={run_dir}/store"]
+    _one_line_refusal(argv, DIGITS, "vote.embedding_store")
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("blob", [b"paradigms:\n\t- kind: none\n", b"runs: [4\n", b"\x00\xff\xfe\x80"])
+def test_an_audit_config_that_is_not_yaml_or_not_utf8_is_one_line(blob, tmp_path):
+    """Found by fuzzing: PyYAML's multi-line message reached the console, and bytes that are not
+    UTF-8 were an unexpected UnicodeDecodeError (exit 1)."""
+    path = tmp_path / "audit.yaml"
+    path.write_bytes(blob)
+    _one_line_refusal(["audit", str(path), "--out", str(tmp_path / "out")], str(path), "(file)")
+    assert not (tmp_path / "out").exists()
