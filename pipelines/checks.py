@@ -95,7 +95,30 @@ def check_config(config: RunConfig, source: str, info: DatasetInfo | None = None
         raise ConfigError(source, "evaluation.real_baseline", "needs held-out data (data.heldout)")
     if this_machine:  # the driver runs here (``privevo submit`` checks for a driver elsewhere)
         check_resources(config, info, labels, source)
+        check_local_gpus(config, source)
     return plan, info, labels
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device here (False without torch)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def check_local_gpus(config: RunConfig, source: str) -> None:
+    """The in-process engine runs its generators and voters in this process: GPUs asked of them
+    must be here (on Ray, the capacity check and the placement group answer for the cluster)."""
+    res = config.resources
+    if res.engine != "in_process":
+        return
+    asked = [name for name in ("generator_gpus", "voter_gpus") if getattr(res, name) > 0]
+    if asked and not cuda_available():
+        raise ConfigError(source, f"resources.{asked[0]}",
+                          f"{getattr(res, asked[0]):g} GPUs asked of the in-process engine, which runs here, and this "
+                          "machine has no CUDA device torch can use; set it to 0 or run on Ray")
 
 
 #: What the driver holds per synthetic sample beyond its pixels: the generator's parameters,

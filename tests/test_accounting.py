@@ -344,8 +344,10 @@ def test_calibration_is_fast(target: float, delta: float, releases: int, coordin
     start = time.perf_counter()
     plan = plan_releases(target, delta, releases, coordinates)
     elapsed = time.perf_counter() - start
-    # measured on the 2-core machine: about 0.06 s and 0.6 s
-    assert elapsed < 3.0, elapsed
+    # measured on the 2-core machine: about 0.06 s and 0.6 s (benchmarks time it). The bound guards
+    # against a privacy-loss grid that explodes (minutes, or a MemoryError), not against a loaded CI
+    # machine: 3 s failed there when the other core was busy, so it is wide
+    assert elapsed < 30.0, elapsed
     assert plan.epsilon_upper <= target
 
 

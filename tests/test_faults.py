@@ -112,7 +112,9 @@ def test_plan_the_cluster_cannot_place_fails_fast(cluster_runs, name, field):
     assert "the plan needs" in result["message"] and "the Ray cluster has 2 CPU" in result["message"]
     if name == "unplaceable":
         assert "2 GPU" in result["message"] and "0 GPU" in result["message"]
-    assert result["seconds"] < 30  # placement_timeout_s = 3, not forever
+    # placement_timeout_s = 3, not forever: below the default 120 s it would otherwise wait, and wide
+    # enough for Ray's start-up on a loaded 2-core CI machine (30 s was close to it there)
+    assert result["seconds"] < 100
     assert not result["run_dir_exists"]
     # the placement group was removed: nothing stays reserved
     assert set(result["placement_group_states"]) == {"REMOVED"}

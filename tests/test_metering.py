@@ -246,12 +246,18 @@ def test_report_metering_adds_up_on_a_real_run(tmp_path, ray_session):
         if g["generation"] >= 1:
             # the write of S_{t-1} ran beside this generation, off its critical path
             assert m["background_seconds"]["checkpoint"] > 0
-        on_path = sum(m["critical_seconds_by_kind"].values())
-        assert on_path + m["overhead_seconds"] == pytest.approx(wall, rel=0.05)
-        assert 0.0 <= m["overhead_seconds"] <= wall
+        # checks independent of the definitions (overhead = wall - critical path is one, not a check):
+        # the critical path fits in the time that passed, stage by stage and in all
+        assert m["critical_path_seconds"] <= wall + 1e-9
         for s in m["stages"].values():
             assert s["critical_seconds"] <= s["wall_seconds"] + 1e-9
-        assert m["stages"]["generate"]["actor_busy_seconds"] > 0
+        # generate waits for its busiest generator, which was busy at least the generators' mean
+        generate = m["stages"]["generate"]
+        assert generate["actor_busy_seconds"] > 0
+        assert generate["critical_seconds"] >= generate["actor_busy_seconds"] / config.generators - 1e-6
+        # what the actors' own CPU clocks say they used in this generation is counted
+        actors_cpu = sum(s["actor_cpu_seconds"] for s in m["stages"].values())
+        assert m["cpu_seconds"] >= actors_cpu - 1e-6
         assert m["samples"] == g["samples"]
         assert m["gpu_allocated_seconds"] == 0.0 and m["gpu_hours"] == 0.0  # CPU actors hold no GPU
         if g["generation"] >= 1:
@@ -265,6 +271,12 @@ def test_report_metering_adds_up_on_a_real_run(tmp_path, ray_session):
     assert cost["samples"] == sum(g["samples"] for g in generations)
     assert cost["cpu_hours"] == pytest.approx(sum(m["cpu_seconds"] for m in metered) / 3600)
     assert cost["cpu_hours"] > 0
+    # the actors' own counters over the whole run (start-up and the final set included) against the
+    # CPU-hours: every metered generation's actor CPU is in them, and no more than the actors report
+    actors = report["timing"]["cpu_seconds"]
+    metered_actor_cpu = sum(s["actor_cpu_seconds"] for m in metered for s in m["stages"].values())
+    assert metered_actor_cpu <= actors["generators"] + actors["voters"] + 1e-6
+    assert cost["cpu_hours"] * 3600 >= metered_actor_cpu - 1e-6
     assert sum(cost["stage_shares"].values()) == pytest.approx(1.0)
     assert report["timing"]["gpu_hours"] == cost["gpu_hours"] == 0.0
     cpu = report["timing"]["cpu_seconds"]

@@ -109,3 +109,78 @@ def test_the_resource_plan_follows_the_machine():
     with pytest.raises(ConfigError) as info_:
         check_resources(config, info, labels, "c", memory=int(plan["driver_bytes"] / 0.8) - 1)
     assert info_.value.field == "population.final_per_class"
+
+
+# --------------------------------------------------------------------------- found by tests/test_fuzz.py
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray((image / 16 * 255).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_an_unreadable_image_file_is_refused_before_any_release(digits_arrays, tmp_path, capsys, monkeypatch):
+    """A corrupt PNG used to crash the voter (PIL's OSError: exit 1, after Ray started)."""
+    monkeypatch.setenv("PRIVEVO_PRIVATE_DIR", str(tmp_path / "owner"))
+    x, y = digits_arrays
+    root = tmp_path / "images"
+    for i in range(30):
+        (root / str(y[i] % 3)).mkdir(parents=True, exist_ok=True)
+        (root / str(y[i] % 3) / f"secret-name-{i:02d}.png").write_bytes(_png_bytes(x[i]))
+    victim = sorted((root / "1").iterdir())[2]
+    victim.write_bytes(victim.read_bytes()[:40])
+    settings = ["data.kind=image_folder", f"data.path={root}", "data.class_names=['0', '1', '2']",
+                "data.image_size=[8, 8]", "data.public_size=30"]
+    field, message = refused(capsys, tmp_path, *settings)
+    assert field == "data.path" and "not readable" in message and "secret-name" not in message
+    listed = Path(message.split("rows: ")[1].split(" (owner-only)")[0])
+    files = sorted(p for c in "012" for p in (root / c).iterdir())  # the source's rows: class order, then name
+    assert [files[r] for r in json.loads(listed.read_text())["rows"]] == [victim]
+
+
+def test_unreadable_image_bytes_in_a_parquet_shard_are_refused_before_any_release(digits_arrays, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x, y = digits_arrays
+    images = [_png_bytes(img) for img in x[:30]]
+    images[5] = images[5][:30]
+    root = tmp_path / "shards"
+    root.mkdir()
+    pq.write_table(pa.table({"label": pa.array(y[:30] % 3), "image": pa.array(images, pa.binary())}),
+                   root / "part-0.parquet")
+    field, message = refused(capsys, tmp_path, "data.kind=parquet_shards", f"data.path={root}",
+                             "data.class_names=['0', '1', '2']", "data.image_size=[8, 8]", "data.public_size=30")
+    assert field == "data.image_column" and "not a readable image" in message
+
+
+def test_one_channel_arrays_and_an_empty_private_set_run(digits_arrays, tmp_path, capsys, monkeypatch):
+    """Samples (n, H, W, 1) used to draw the release, then fail writing the synthetic set's PNGs
+    (the budget spent for nothing); an empty set failed reshaping in the range check."""
+    monkeypatch.setenv("PRIVEVO_INSECURE_NOISE_SEED", "1")
+    x, y = digits_arrays
+    for name, samples, labels in [("one_channel", x[:60, ..., None], y[:60]), ("empty", x[:0], y[:0])]:
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, samples=samples, labels=labels, max_value=np.float64(16))
+        out = tmp_path / name
+        argv = ["synthesize", "configs/digits.yaml", "--out", str(out), "--quiet", "--set", "generations=1",
+                "--set", "resources.engine=in_process", "--set", "population.per_class=8", "--set",
+                "population.final_per_class=8", "--set", "data.kind=arrays", "--set", f"data.path={path}",
+                "--set", CLASSES, "--set", "data.public_size=60"]
+        assert main(argv) == 0, capsys.readouterr().err
+        assert (out / "ledger.jsonl").exists() and (out / "synthetic.parquet").exists()
+
+
+def test_gpus_asked_of_the_in_process_engine_on_a_machine_without_one_are_refused(tmp_path, capsys):
+    """Used to fail in torch's CUDA initialisation (an unexpected AssertionError, exit 1)."""
+    from privevo.pipelines.checks import cuda_available
+
+    if cuda_available():
+        pytest.skip("this machine has a CUDA device: the in-process engine may use it")
+    for field in ("resources.voter_gpus", "resources.generator_gpus"):
+        assert refused(capsys, tmp_path, f"{field}=0.5")[0] == field

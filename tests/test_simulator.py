@@ -232,7 +232,9 @@ def test_simulated_digits_look_like_their_labels(sim: DigitSimulator) -> None:
     model = SVC().fit(train.samples.reshape(len(train), -1) / 16, train.labels)
     accuracy = float((model.predict(real.data / 16) == real.target).mean())
     print(f"SVC trained on 1,000 simulator samples: accuracy on all 1,797 real digits {accuracy:.3f}")
-    assert accuracy > 0.5
+    # deterministic (seeded draws, a deterministic SVC): 0.832 here; a change to the prior that moves it
+    # by more than a point should be seen (and the README's prior-only numbers revisited)
+    assert accuracy == pytest.approx(0.832, abs=0.01)
 
 
 def test_parents_gathered_from_earlier_outputs_equal_the_parents_themselves(sim: DigitSimulator) -> None:

@@ -65,8 +65,12 @@ def load_audit_config(path: str | Path, overrides: list[str] | None = None) -> A
     source = str(path)
     try:
         raw = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(source, "(file)", f"cannot read: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(source, "(file)", f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(source, "(file)", "not UTF-8 text (a YAML audit config is)") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, "(file)", f"not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(source, "(top level)", "expected a mapping")
     raw = apply_overrides(raw, overrides or [], source)
@@ -77,6 +81,13 @@ def load_audit_config(path: str | Path, overrides: list[str] | None = None) -> A
     describe_data(config, source)
     check_paradigms(config, source)
     return config
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error in one line: what and where (its own message spans several, with a caret)."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
 
 
 def run_audit(config: AuditConfig, out_dir: Path, *, source: str = "config", progress: bool = False) -> dict[str, Any]:

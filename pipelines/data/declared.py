@@ -46,7 +46,7 @@ def check_sample_values(samples: np.ndarray, max_value: float, where: Any, field
     samples = np.asarray(samples)
     if samples.dtype.kind not in "biuf":
         raise DataError(field, f"{where}: samples must be numeric, got dtype {samples.dtype}")
-    flat = samples.reshape(len(samples), -1)
+    flat = samples.reshape(len(samples), int(np.prod(samples.shape[1:])))  # (0, ...) too: no -1 with no rows
     bad = np.zeros(len(samples), dtype=bool)
     for start in range(0, len(samples), 4096):  # bounded memory on large sets
         block = flat[start:start + 4096]

@@ -7,7 +7,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .declared import DataError
+from .declared import NOT_SHOWN, DataError
+
+#: What Pillow raises for a file or bytes it cannot decode: a truncated or corrupt image
+#: (OSError, UnidentifiedImageError), a header it misreads (ValueError, SyntaxError, EOFError),
+#: a decompression bomb.
+UNREADABLE_IMAGE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
@@ -56,10 +61,19 @@ def image_buffer(n: int, size: tuple[int, int], channels: int) -> np.ndarray:
     return np.empty((n, size[0], size[1], *([] if channels == 1 else [channels])), dtype=np.float32)
 
 
-def read_image_files(files: list[Path], size: tuple[int, int], channels: int) -> np.ndarray:
-    """Images from files as float32 (n, H, W[, 3]) in 0..255. Private when the files are."""
+def read_image_files(files: list[Path], size: tuple[int, int], channels: int, field: str = "data.path",
+                     rows: np.ndarray | None = None) -> np.ndarray:
+    """Images from files as float32 (n, H, W[, 3]) in 0..255. Private when the files are.
+
+    A file that is not a readable image is refused (:class:`DataError` naming ``field`` and its
+    class folder, not the file): its row (``rows[i]`` for file i, default i) goes with the
+    error as ``private_rows``, for the data owner only."""
     out = image_buffer(len(files), size, channels)
     for i, path in enumerate(files):
-        with Image.open(path) as img:
-            out[i] = image_array(img, size, channels)
+        try:
+            with Image.open(path) as img:
+                out[i] = image_array(img, size, channels)
+        except UNREADABLE_IMAGE:
+            raise DataError(field, f"{path.parent}: an image file is not readable ({NOT_SHOWN})",
+                            private_rows=[i if rows is None else rows[i]]) from None
     return out

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from .declared import DataError, config_value, int_codes
-from .images import image_array, image_buffer
+from .declared import NOT_SHOWN, DataError, config_value, int_codes
+from .images import UNREADABLE_IMAGE, image_array, image_buffer
 from .split import label_bytes, record_held_out
 
 
@@ -74,7 +74,10 @@ def parquet_labels(files: list[Path], label_column: str, classes: int) -> tuple[
     """Every row's label (checked against 0..classes-1) and file index; reads the label column only."""
     labels, file_of = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for i, path in enumerate(files):
-        column = pq.read_table(path, columns=[label_column]).column(0)
+        try:
+            column = pq.read_table(path, columns=[label_column]).column(0)
+        except (OSError, pa.ArrowException) as exc:
+            raise DataError("data.path", f"{path}: not a readable parquet file ({type(exc).__name__})") from None
         if column.null_count:
             raise DataError("data.label_column", f"{path}: column {label_column!r} has missing values")
         values = int_codes(column.to_numpy(), classes, path, f"column {label_column!r}", "data.label_column")
@@ -118,8 +121,12 @@ def parquet_held_out(data: Any, files: list[Path], labels: np.ndarray, file_of: 
     return held
 
 
-def decode_image_values(values: list[Any], kind: str, size: tuple[int, int], channels: int) -> np.ndarray:
-    """Images of one parquet image column (as Python values) as float32 (n, H, W[, 3])."""
+def decode_image_values(values: list[Any], kind: str, size: tuple[int, int], channels: int,
+                        rows: np.ndarray | None = None) -> np.ndarray:
+    """Images of one parquet image column (as Python values) as float32 (n, H, W[, 3]).
+
+    Encoded bytes that are not a readable image are refused (:class:`DataError`, field
+    ``data.image_column``), the row (``rows[i]`` for value i, default i) for the data owner only."""
     out = image_buffer(len(values), size, channels)
     shape = out.shape[1:]
     for i, value in enumerate(values):
@@ -133,16 +140,27 @@ def decode_image_values(values: list[Any], kind: str, size: tuple[int, int], cha
                 out[i] = pixels.reshape(shape)
                 continue
             raise DataError("data.image_column", f"a raw pixel row does not fit image_size/channels {list(shape)}")
-        with Image.open(io.BytesIO(value)) as img:
-            out[i] = image_array(img, size, channels)
+        try:
+            with Image.open(io.BytesIO(value)) as img:
+                out[i] = image_array(img, size, channels)
+        except UNREADABLE_IMAGE:
+            raise DataError("data.image_column", f"a row's image bytes are not a readable image ({NOT_SHOWN})",
+                            private_rows=[i if rows is None else rows[i]]) from None
     return out
 
 
 def read_parquet_rows(data: Any, path: Path, rows: np.ndarray, row_group: int | None = None) -> np.ndarray:
     """Decoded images of ``rows`` (offsets into ``path``, or into its ``row_group``). Private."""
     column = config_value(data, "image_column", "image")
-    handle = pq.ParquetFile(path)
-    kind = _image_column_kind(handle.schema_arrow.field(column))
-    table = handle.read(columns=[column]) if row_group is None else handle.read_row_group(row_group, columns=[column])
+    try:
+        handle = pq.ParquetFile(path)
+        kind = _image_column_kind(handle.schema_arrow.field(column))
+        table = handle.read(columns=[column]) if row_group is None else handle.read_row_group(row_group, columns=[column])
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError("data.path", f"{path}: not a readable parquet file ({type(exc).__name__})") from None
     values = table.column(0).take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
-    return decode_image_values(values, kind, tuple(config_value(data, "image_size")), int(config_value(data, "channels", 3)))
+    try:
+        return decode_image_values(values, kind, tuple(config_value(data, "image_size")),
+                                   int(config_value(data, "channels", 3)), rows=rows)
+    except DataError as exc:
+        raise DataError(exc.field, f"{path}: {exc}", exc.private_rows) from None

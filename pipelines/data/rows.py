@@ -48,6 +48,7 @@ class RowSource:
     files: list[Path]
     file_of: np.ndarray | None = None
     offsets: np.ndarray | None = None
+    field: str = "data.path"  # the config field naming the source (errors name it)
 
 
 def split_rows(data: Any, which: str, labels: tuple[int, ...] | None = None) -> tuple[RowSource, np.ndarray, np.ndarray]:
@@ -64,13 +65,13 @@ def split_rows(data: Any, which: str, labels: tuple[int, ...] | None = None) -> 
         root, field = source_of(data, which)
         if kind == "image_folder":
             files, all_labels = folder_index(root, names, field)
-            source = RowSource(kind, files)
+            source = RowSource(kind, files, field=field)
             keep = split_keep(data, which, _in_labels(all_labels, labels), lambda r: files[r].read_bytes())
         else:
             files = check_parquet_schema(data, root, field)
             all_labels, file_of = parquet_labels(files, config_value(data, "label_column", "label"), len(names))
             first = np.searchsorted(file_of, np.arange(len(files)))
-            source = RowSource(kind, files, file_of, np.arange(len(file_of), dtype=np.int64) - first[file_of])
+            source = RowSource(kind, files, file_of, np.arange(len(file_of), dtype=np.int64) - first[file_of], field)
             keep = _in_labels(all_labels, labels)
             if heldout_mode(data) == "split":
                 held = parquet_held_out(data, files, all_labels, file_of, keep)
@@ -92,13 +93,14 @@ def read_rows(data: Any, source: RowSource, rows: np.ndarray) -> np.ndarray:
         return _load_split(data, "private").samples[rows]
     size, channels = tuple(config_value(data, "image_size")), int(config_value(data, "channels", 3))
     if source.kind == "image_folder":
-        return read_image_files([source.files[i] for i in rows], size, channels)  # decoded 8-bit images
+        # decoded 8-bit images; an unreadable file is refused with its row, for the data owner only
+        return read_image_files([source.files[i] for i in rows], size, channels, source.field, rows)
     out = image_buffer(len(rows), size, channels)
     for f in np.unique(source.file_of[rows]):
         where = np.flatnonzero(source.file_of[rows] == f)
         out[where] = read_parquet_rows(data, source.files[f], source.offsets[rows[where]])
         # raw pixel lists may hold anything; encoded images decode to 0..255
-        check_sample_values(out[where], IMAGE_MAX_VALUE, source.files[f], rows=source.offsets[rows[where]])
+        check_sample_values(out[where], IMAGE_MAX_VALUE, source.files[f], source.field, rows=source.offsets[rows[where]])
     return out
 
 

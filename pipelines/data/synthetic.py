@@ -16,8 +16,11 @@ from privevo.pipelines.files import atomic_open
 
 
 def image_png(image: np.ndarray, max_value: float) -> bytes:
-    """An 8-bit PNG (greyscale or RGB) of one image with values in [0, max_value]."""
+    """An 8-bit PNG (greyscale or RGB) of one image with values in [0, max_value] ((H, W), (H, W, 1)
+    or (H, W, 3): one channel given as a trailing axis is greyscale)."""
     pixels = np.clip(np.asarray(image, dtype=np.float64) / max_value, 0.0, 1.0)
+    if pixels.ndim == 3 and pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
     buffer = io.BytesIO()
     Image.fromarray(np.round(pixels * 255).astype(np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
