@@ -184,6 +184,15 @@ def check_data(config: RunConfig, source: str) -> None:
 
 
 
+def check_store_location(config: RunConfig, run_dir: Path, source: str) -> None:
+    """Refuse an embedding store (private embeddings) inside the run directory, which is shared."""
+    from privevo.pipelines.embed_store import check_setting
+
+    problem = check_setting(config.vote.embedding_store, run_dir)
+    if problem:
+        raise ConfigError(source, "vote.embedding_store", problem)
+
+
 def data_error_of(exc: BaseException) -> DataError | None:
     """The :class:`DataError` behind ``exc``: itself, or the cause of a Ray actor's or task's
     failure (a voter refusing the private data it loads), or None."""

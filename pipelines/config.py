@@ -372,6 +372,27 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in parts) or "(top level)"
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error in one line: what and where (its own message spans several, with a caret)."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
+
+
+def read_yaml(path: Path, source: str) -> Any:
+    """A YAML file's content; a file that cannot be read, is not UTF-8 or is not YAML is refused in one line."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(source, "(file)", f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(source, "(file)", "not UTF-8 text (a YAML config is)") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, "(file)", f"not valid YAML: {yaml_problem(exc)}") from None
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
     """Apply ``dotted.key=value`` overrides; values are parsed as YAML scalars/lists."""
     for item in overrides:
@@ -384,7 +405,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> d
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(source, key, f"value {text!r} is not valid YAML: {exc}") from None
+            raise ConfigError(source, key, f"value {text!r} is not valid YAML: {yaml_problem(exc)}") from None
         node = raw
         for depth, part in enumerate(parts[:-1]):
             child = node.setdefault(part, {})
@@ -446,14 +467,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None, *, private
     need not exist, as when ``privevo rebuild`` rebuilds a run without them)."""
     path = Path(path)
     source = str(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(source, "(file)", f"cannot read: {exc.strerror}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(source, "(file)", f"not valid YAML: {exc}") from None
+    raw = read_yaml(path, source)
     if raw is None:
         raw = {}
     if isinstance(raw, dict):

@@ -31,6 +31,7 @@ from privevo.pipelines.checks import (
     check_config,
     check_data,
     check_resume,
+    check_store_location,
     data_error_of,
     refuse_data,
 )
@@ -405,6 +406,7 @@ def synthesize(
     """
     run_dir = Path(run_dir)
     plan, info, labels = check_config(config, source)
+    check_store_location(config, run_dir, source)
     if resume:
         check_resume(config, run_dir, source)
         recorded = run_dir / DATASET_FILE

@@ -30,11 +30,8 @@ import csv
 import io
 import json
 import os
-import shutil
-import string
 import tempfile
 import typing
-import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -401,16 +398,12 @@ def _one_line_refusal(argv: list[str], source: str, field: str) -> None:
     assert len(lines) == 1 and lines[0].startswith(f"privevo: error: {source}: {field}: "), lines
 
 
-@pytest.mark.xfail(strict=True, reason="pipelines/config.py apply_overrides puts PyYAML's multi-line message "
-                   "(the value, a caret, 'in <unicode string>, line 1') in the refusal: 8 lines, not one")
 def test_a_set_value_that_is_not_yaml_is_one_line(tmp_path):
     _one_line_refusal(["synthesize", DIGITS, "--out", str(tmp_path / "run"), "--set", "vote.k=[1, 2"],
                       DIGITS, "vote.k")
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="pipelines/config.py load_config puts PyYAML's multi-line message in the "
-                   "refusal of a config file that is not YAML")
 def test_a_config_file_that_is_not_yaml_is_one_line(tmp_path):
     path = tmp_path / "tabs.yaml"
     path.write_text("privacy:\n\tepsilon: 1.0\n")
@@ -418,8 +411,6 @@ def test_a_config_file_that_is_not_yaml_is_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="pipelines/config.py load_config catches OSError only: a config file that "
-                   "is not UTF-8 raises UnicodeDecodeError, an unexpected error (exit 1)")
 def test_a_config_file_that_is_not_utf8_is_refused(tmp_path):
     path = tmp_path / "binary.yaml"
     path.write_bytes(b"\x00\xff\xfe garbage \x80")
@@ -959,10 +950,6 @@ def test_the_fuzz_suite_ran_its_cases():
             kind, outcomes)
 
 
-@pytest.mark.xfail(strict=True, reason="pipelines/checks.py check_config calls embed_store.check_setting without "
-                   "the run directory (synthesize in pipelines/evolution.py does not pass it), so a store inside "
-                   "the run directory passes every check and store_path's ValueError in Synthesis.__init__ is an "
-                   "unexpected error (exit 1), not a refusal naming vote.embedding_store")
 def test_an_embedding_store_inside_the_run_directory_is_refused(tmp_path):
     run_dir = tmp_path / "run"
     argv = ["synthesize", DIGITS, "--out", str(run_dir), "--quiet", "--set", "resources.engine=in_process",

@@ -39,7 +39,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from privevo.pipelines.audit.config import AuditConfig
@@ -52,7 +51,7 @@ from privevo.pipelines.audit.schedule import (
     prepare_directory,
     run_chunks,
 )
-from privevo.pipelines.config import ConfigError, apply_overrides
+from privevo.pipelines.config import ConfigError, apply_overrides, read_yaml
 from privevo.pipelines.files import write_json_atomic
 
 __all__ = ["AuditConfig", "load_audit_config", "run_audit", "summary_table"]
@@ -63,14 +62,7 @@ def load_audit_config(path: str | Path, overrides: list[str] | None = None) -> A
     from privevo.pipelines.config import parse_error
 
     source = str(path)
-    try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(source, "(file)", f"cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(source, "(file)", "not UTF-8 text (a YAML audit config is)") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(source, "(file)", f"not valid YAML: {_yaml_problem(exc)}") from None
+    raw = read_yaml(Path(path), source) or {}
     if not isinstance(raw, dict):
         raise ConfigError(source, "(top level)", "expected a mapping")
     raw = apply_overrides(raw, overrides or [], source)
@@ -81,13 +73,6 @@ def load_audit_config(path: str | Path, overrides: list[str] | None = None) -> A
     describe_data(config, source)
     check_paradigms(config, source)
     return config
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """PyYAML's error in one line: what and where (its own message spans several, with a caret)."""
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    mark = getattr(exc, "problem_mark", None)
-    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
 
 
 def run_audit(config: AuditConfig, out_dir: Path, *, source: str = "config", progress: bool = False) -> dict[str, Any]:
