@@ -133,7 +133,7 @@ def test_parquet_shards_labels_are_read_from_the_label_column_only(tmp_path, mon
     assert reads == []  # the description reads footers only
     check_private_labels(data)
     assert reads and all(cols == ["label"] for cols in reads)
-    with pytest.raises(Exception, match="cannot identify image"):
+    with pytest.raises(DataError, match="not a readable image"):
         load_private(data)  # the pixels were never needed until now
 
 
