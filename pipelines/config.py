@@ -28,7 +28,8 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # unknown fields refused; no number may be infinite or NaN (".inf" CPUs or timeouts were accepted)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class PrivacyConfig(_Strict):

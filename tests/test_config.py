@@ -36,6 +36,8 @@ def test_overrides_apply_and_are_validated():
         ("privacy.epsilon=0", "privacy.epsilon"),
         ("privacy.epsilon=-1", "privacy.epsilon"),
         ("privacy.epsilon=.inf", "privacy.epsilon"),
+        ("resources.generator_cpus=.inf", "resources.generator_cpus"),
+        ("variation.degree_start=.nan", "variation.degree_start"),
         ("privacy.delta=1.5", "privacy.delta"),
         ("vote.k=0", "vote.k"),
         ("generations=0", "generations"),
