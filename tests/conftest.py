@@ -1,4 +1,6 @@
+import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +93,28 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(f"{kind:14s} {sum(outcomes.values()):4d} cases: "
                                     + ", ".join(f"{n} {o}" for o, n in outcomes.items()))
     terminalreporter.write_line(f"{'total':14s} {sum(cases.values()):4d} cases")
+
+
+def output_files(run_dir: Path) -> dict[str, Path]:
+    """The files a run writes as its outputs: everything but private/ and the lock."""
+    return {str(p.relative_to(run_dir)): p for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and p.relative_to(run_dir).parts[0] != "private" and p.name != ".lock"}
+
+
+def differences(a: Path, b: Path) -> list[str]:
+    """Files that differ between two run directories outside the declared side channels."""
+    from privevo.pipelines.report import SIDE_CHANNEL_FILES, strip_side_channels
+
+    fa, fb = output_files(a), output_files(b)
+    out = sorted(set(fa) ^ set(fb))
+    for name in sorted(set(fa) & set(fb)):
+        if name in SIDE_CHANNEL_FILES:
+            continue
+        if name.endswith(".json"):
+            same = strip_side_channels(json.loads(fa[name].read_text())) == strip_side_channels(
+                json.loads(fb[name].read_text()))
+        else:
+            same = fa[name].read_bytes() == fb[name].read_bytes()
+        if not same:
+            out.append(name)
+    return out

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import small_config
+from conftest import differences, small_config
 from privevo.actors import plugins
 from privevo.actors.generators.base import SampleBatch
 from privevo.pipelines import checks
@@ -25,7 +25,7 @@ from privevo.pipelines.hooks import RunObserver
 from privevo.pipelines.mixture import split_counts
 from privevo.pipelines.population import join_models, model_batch, model_runs
 from privevo.pipelines.privacy import PrivacyLedger
-from privevo.pipelines.report import SIDE_CHANNEL_FILES, strip_side_channels
+from privevo.pipelines.report import strip_side_channels
 
 pytestmark = pytest.mark.filterwarnings("ignore::privevo.pipelines.privacy.InsecureNoiseWarning")
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,26 +40,6 @@ def mixture_config(generators: str = TWO_SIMULATORS, **overrides):
 
 def rows(run_dir: Path) -> dict:
     return pq.read_table(run_dir / "synthetic.parquet").drop_columns(["png"]).to_pydict()
-
-
-def outputs_differ(a: Path, b: Path) -> list[str]:
-    """The output files of two run directories that differ outside the declared side channels."""
-    def files(root: Path) -> dict[str, Path]:
-        return {str(p.relative_to(root)): p for p in root.rglob("*")
-                if p.is_file() and p.relative_to(root).parts[0] != "private" and p.name != ".lock"}
-    fa, fb = files(a), files(b)
-    out = sorted(set(fa) ^ set(fb))
-    for name in sorted(set(fa) & set(fb)):
-        if name in SIDE_CHANNEL_FILES:
-            continue
-        if name.endswith(".json"):
-            same = strip_side_channels(json.loads(fa[name].read_text())) == strip_side_channels(
-                json.loads(fb[name].read_text()))
-        else:
-            same = fa[name].read_bytes() == fb[name].read_bytes()
-        if not same:
-            out.append(name)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +226,7 @@ def test_a_mixture_resumed_after_a_crash_equals_the_uninterrupted_run(tmp_path):
 def test_a_mixture_is_rebuilt_from_its_releases(tmp_path):
     run = synthesize(mixture_config(generations=2), tmp_path / "run", insecure_noise_seed=NOISE_SEED)
     rebuild(run.run_dir, tmp_path / "rebuilt")
-    assert outputs_differ(run.run_dir, tmp_path / "rebuilt") == []
+    assert differences(run.run_dir, tmp_path / "rebuilt") == []
     assert (tmp_path / "rebuilt" / "models.png").stat().st_size > 1000
 
 

@@ -20,11 +20,10 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from conftest import small_config
+from conftest import differences, small_config
 from privevo.pipelines.cli import main
 from privevo.pipelines.config import ConfigError
 from privevo.pipelines.evolution import DATASET_FILE, synthesize
-from privevo.pipelines.report import SIDE_CHANNEL_FILES, strip_side_channels
 
 pytestmark = pytest.mark.slow
 CLASS_NAMES = "[" + ",".join(f"'{i}'" for i in range(10)) + "]"
@@ -46,29 +45,6 @@ def arrays_config(path: Path, **data):
                  "population.per_class": 16, "population.final_per_class": 24, "generations": 2,
                  **{f"data.{k}": v for k, v in data.items()}}
     return small_config(**overrides)
-
-
-def output_files(run_dir: Path) -> dict[str, Path]:
-    """The files a run writes as its outputs: everything but private/ and the lock."""
-    return {str(p.relative_to(run_dir)): p for p in sorted(run_dir.rglob("*"))
-            if p.is_file() and p.relative_to(run_dir).parts[0] != "private" and p.name != ".lock"}
-
-
-def differences(a: Path, b: Path) -> list[str]:
-    """Files that differ between two run directories outside the declared side channels."""
-    fa, fb = output_files(a), output_files(b)
-    out = sorted(set(fa) ^ set(fb))
-    for name in sorted(set(fa) & set(fb)):
-        if name in SIDE_CHANNEL_FILES:
-            continue
-        if name.endswith(".json"):
-            same = strip_side_channels(json.loads(fa[name].read_text())) == strip_side_channels(
-                json.loads(fb[name].read_text()))
-        else:
-            same = fa[name].read_bytes() == fb[name].read_bytes()
-        if not same:
-            out.append(name)
-    return out
 
 
 def replay(original: Path, config, out: Path, **kwargs):
