@@ -284,12 +284,8 @@ class APIGenerator(llm.LLMGenerator):
 
     def __init__(self, options: Options, context: GeneratorContext | None = None) -> None:
         # The llm kind's constructor loads a local model; this kind has none.
-        if not isinstance(options, Options):
-            options = Options.model_validate(options)
-        self.options = options
-        self.context = context or GeneratorContext(
-            modality="text", sample_shape=(), max_value=0.0, labels=(), class_names={}
-        )
+        self.options, self.context = llm.text_generator_setup(Options, options, context)
+        options = self.options
         self.backend = "api"
         try:
             import openai

@@ -422,6 +422,16 @@ class _TransformersBackend:
 # --------------------------------------------------------------------------- generator
 
 
+def text_generator_setup(model: type[BaseModel], options: Any, context: GeneratorContext | None
+                         ) -> tuple[Any, GeneratorContext]:
+    """A text generator's typed options (``options`` validated by ``model`` unless it is one already)
+    and its context (a bare text context when none is given, as in tests)."""
+    if not isinstance(options, model):
+        options = model.model_validate(options)
+    return options, context or GeneratorContext(modality="text", sample_shape=(), max_value=0.0, labels=(),
+                                                class_names={})
+
+
 class LLMGenerator:
     """PE's ``random`` and ``variation`` for text, on vLLM or transformers (see the module doc)."""
 
@@ -429,12 +439,8 @@ class LLMGenerator:
     Options = Options
 
     def __init__(self, options: Options, context: GeneratorContext | None = None) -> None:
-        if not isinstance(options, Options):
-            options = Options.model_validate(options)
-        self.options = options
-        self.context = context or GeneratorContext(
-            modality="text", sample_shape=(), max_value=0.0, labels=(), class_names={}
-        )
+        self.options, self.context = text_generator_setup(Options, options, context)
+        options = self.options
         self.backend = resolve_backend(options.backend, self.context.device)
         if self.backend == "vllm":
             self._engine: Any = _VLLMBackend(options)
