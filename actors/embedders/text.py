@@ -58,10 +58,13 @@ class SentenceTransformerEmbedder:
     def __init__(self, max_value: float | None = None, options: Options | None = None, device: str = "cpu") -> None:
         from sentence_transformers import SentenceTransformer
 
+        from privevo.actors.quiet_loading import quiet_model_loading
+
         self.options = options if options is not None else Options()
         path = self.options.model_path or bundled_model_path()
         self.name = f"sentence_transformer:{Path(path).name if self.options.model_path else 'all-MiniLM-L6-v2'}"
         self.device = device
+        quiet_model_loading()
         self.model = SentenceTransformer(path, device=device, local_files_only=True)
         self.model.eval()
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension

@@ -48,6 +48,7 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from privevo.actors.generators.base import GeneratorContext, SampleBatch
+from privevo.actors.quiet_loading import quiet_model_loading
 
 __all__ = ["DiffusionGenerator", "Options", "steps_for_degree"]
 
@@ -187,6 +188,7 @@ class DiffusionGenerator:
         self._torch = torch
 
         loader = {"ddpm": self._load_unet, "ddim": self._load_unet, "dit": self._load_dit}
+        quiet_model_loading()
         loader.get(self.options.pipeline, self._load_sd)()
         self._check_conditioning()
 

@@ -69,6 +69,7 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from privevo.actors.generators.base import GeneratorContext, SampleBatch
+from privevo.actors.quiet_loading import quiet_model_loading
 
 __all__ = [
     "VLLM_GENERATE_KWARGS",
@@ -380,6 +381,7 @@ class _TransformersBackend:
             dtype = torch.float32 if device == "cpu" else "auto"
         else:
             dtype = getattr(torch, options.dtype)
+        quiet_model_loading()
         self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
         self.model.to(device)
         self.model.eval()
