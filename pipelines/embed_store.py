@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -373,27 +374,33 @@ class UnitEmbedder:
         self.embedder = make_embedder(embedder, max_value, embedder_options, device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from privevo.pipelines.data import (
-            RowSource,
-            read_image_files,
-            read_parquet_rows,
-            read_rows,
-        )
+        from privevo.pipelines.data import DataError
 
         summaries = []
         for i, unit in enumerate(batch["unit"]):
             paths = [str(p) for p in batch["paths"][i]]
-            if self.data["kind"] == "image_folder":
-                samples = read_image_files([Path(p) for p in paths], tuple(self.data["image_size"]), int(self.data["channels"]))
-            elif self.data["kind"] != "parquet_shards":  # a small in-memory kind
-                samples = read_rows(self.data, RowSource("split", []), np.asarray(batch["rows"][i]))
-            else:
-                samples = read_parquet_rows(self.data, Path(paths[0]), np.asarray(batch["offsets"][i]),
-                                            int(batch["row_group"][i]))
+            try:
+                samples = self._read(batch, i, paths)
+            except DataError as error:
+                # A unit the data layer refuses is a result, not a failure: Ray Data would retry
+                # the task and then raise its own exception, burying the refusal. The driver
+                # raises it again (its rows, private, travel with it and never into a message).
+                summaries.append(json.dumps({"unit": int(unit), "data_error": {
+                    "field": error.field, "message": str(error), "private_rows": error.private_rows}}))
+                continue
             embedded = np.asarray(self.embedder.embed(samples), dtype=np.float32)
             slices = write_unit(self.store, int(unit), embedded, np.asarray(batch["rows"][i]), np.asarray(batch["labels"][i]))
             summaries.append(json.dumps({"unit": int(unit), "dim": int(embedded.shape[1]), "slices": slices}))
         return {"summary": np.asarray(summaries)}
+
+    def _read(self, batch: dict[str, np.ndarray], i: int, paths: list[str]) -> np.ndarray:
+        from privevo.pipelines.data import RowSource, read_image_files, read_parquet_rows, read_rows
+
+        if self.data["kind"] == "image_folder":
+            return read_image_files([Path(p) for p in paths], tuple(self.data["image_size"]), int(self.data["channels"]))
+        if self.data["kind"] != "parquet_shards":  # a small in-memory kind
+            return read_rows(self.data, RowSource("split", []), np.asarray(batch["rows"][i]))
+        return read_parquet_rows(self.data, Path(paths[0]), np.asarray(batch["offsets"][i]), int(batch["row_group"][i]))
 
 
 def build_store(
@@ -432,6 +439,9 @@ def build_store(
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.verbose_progress = False
+    # Ray Data logs every execution plan at INFO on the driver's stderr, in the middle of the
+    # run's own output; its errors still show (and a refused unit comes back as a DataError).
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     dataset = ray.data.from_items(units, override_num_blocks=max(1, min(len(units), 4 * concurrency)))
     embedded = dataset.map_batches(
         UnitEmbedder,
@@ -448,6 +458,11 @@ def build_store(
     for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
         for text in batch["summary"]:
             summary = json.loads(str(text))
+            if "data_error" in summary:
+                from privevo.pipelines.data import DataError
+
+                error = summary["data_error"]
+                raise DataError(error["field"], error["message"], error["private_rows"])
             unit_slices[summary["unit"]] = summary["slices"]
             dim = summary["dim"]
     expected = {u["unit"]: len(u["rows"]) for u in units}

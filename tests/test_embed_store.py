@@ -210,6 +210,25 @@ def test_store_holds_exactly_the_in_actor_embeddings(tmp_path, ray_session, kind
     assert again["reused"] is True and again["created"] == manifest["created"]
 
 
+def test_a_unit_the_data_layer_refuses_is_a_data_error_not_a_ray_failure(tmp_path, ray_session):
+    """A corrupt image in one unit: the pass raises the data layer's DataError (field, file, the
+    rows for the owner) after one attempt, not Ray Data's wrapped task failure after retries, and
+    leaves no manifest (the store is incomplete, so the next run rebuilds it)."""
+    images, labels = digits_shards(tmp_path / "train")
+    table = pq.read_table(tmp_path / "train" / "a-encoded.parquet")
+    column = table.column("image").to_pylist()
+    column[7] = b"not an image"
+    pq.write_table(table.set_column(0, "image", pa.array(column, type=pa.binary())),
+                   tmp_path / "train" / "a-encoded.parquet", row_group_size=5)
+    data = shards_config(tmp_path / "train", heldout="split", heldout_fraction=0.2)
+    store = tmp_path / "private" / "embeddings"
+    with pytest.raises(DataError) as info:
+        build_store(store, data, "pixels", {}, 255.0, concurrency=1, num_cpus=0.25, unit_size=7)
+    assert info.value.field == "data.image_column" and "a-encoded.parquet" in str(info.value)
+    assert info.value.private_rows and "not an image" not in str(info.value)
+    assert read_manifest(store) is None
+
+
 def test_partial_or_stale_store_is_rebuilt(tmp_path, ray_session):
     names = digits_image_folder(tmp_path / "train", per_class=8, size=8)
     data = data_dict(kind="image_folder", path=str(tmp_path / "train"), image_size=[8, 8], class_names=names,
