@@ -157,6 +157,11 @@ def rmia_online(scores: np.ndarray, population: np.ndarray, membership: np.ndarr
     return np.stack([rmia_score(x_ratio[r], z_ratio[r], gamma) for r in range(len(x_ratio))])
 
 
+def _pseudo_targets(r: int, n_runs: int) -> list[int]:
+    """Runs of other complementary pairs than run ``r``'s, nearest first: r + 2, r + 4, ..."""
+    return [(r + 2 * i) % n_runs for i in range(1, n_runs // 2) if (r + 2 * i) % n_runs != r]
+
+
 def offline_coefficients(scores: np.ndarray, population: np.ndarray, membership: np.ndarray,
                          gamma: float = 1.0, grid: np.ndarray = OFFLINE_A_GRID) -> np.ndarray:
     """The offline coefficient ``a`` of each target run (n_runs,), chosen on its shadows.
@@ -164,7 +169,9 @@ def offline_coefficients(scores: np.ndarray, population: np.ndarray, membership:
     For target ``r``: attack pseudo-target ``s = (r + 2) mod R`` with the runs other than ``r``
     and ``s`` as references (their out-runs for each canary), and keep the ``a`` of ``grid`` with
     the highest AUC against ``s``'s membership (the first on ties). Canaries with no out-run among
-    those references are left out of that AUC. Needs at least 4 runs.
+    those references are left out of that AUC; where that leaves ``s`` only members or only
+    non-members, ``r + 4``, ``r + 6``, ... serve instead. Needs at least 4 runs (pairs
+    ``(2p, 2p + 1)`` as the audit's membership has them).
     """
     x, z, m = _check(scores, population, membership)
     n_runs = m.shape[0]
@@ -174,14 +181,16 @@ def offline_coefficients(scores: np.ndarray, population: np.ndarray, membership:
     logp_x, logp_z = log_expit(x), log_expit(z)
     chosen = np.empty(n_runs)
     for r in range(n_runs):
-        s = (r + 2) % n_runs
-        refs = (np.arange(n_runs) != r) & (np.arange(n_runs) != s)
-        usable = (refs[:, None] & ~m).any(axis=0)
-        labels = m[s, usable]
-        if labels.all() or not labels.any():
+        for s in _pseudo_targets(r, n_runs):
+            refs = (np.arange(n_runs) != r) & (np.arange(n_runs) != s)
+            usable = (refs[:, None] & ~m).any(axis=0)
+            labels = m[s, usable]
+            if labels.any() and not labels.all():
+                break
+        else:
             raise ValueError(
-                f"membership: run {s} (pseudo-target for run {r}) has no members or no non-members among the"
-                " canaries with an out-run left; cannot choose the offline coefficient"
+                f"membership: no run of another pair has both members and non-members among the canaries with an"
+                f" out-run left to serve as pseudo-target for run {r}; cannot choose the offline coefficient"
             )
         best, best_auc = values[0], -np.inf
         for a in values:
