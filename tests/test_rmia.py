@@ -167,6 +167,7 @@ def tiny_audit(tmp_path_factory):
     return config, out, arrays
 
 
+@pytest.mark.slow
 def test_rmia_finds_the_mislabeled_canaries_of_plain_training_and_nothing_in_runs_that_never_saw_them(tiny_audit):
     _, _, got = tiny_audit
     x, z, m = got["scores"], got["population_scores"], got["membership"].astype(bool)
@@ -181,6 +182,7 @@ def test_rmia_finds_the_mislabeled_canaries_of_plain_training_and_nothing_in_run
         assert tpr_at_fpr(stat, m[blind], 0.01)[0] < 0.2
 
 
+@pytest.mark.slow
 def test_report_has_rmia_and_the_strongest_attack(tiny_audit):
     from privevo.pipelines.audit.reduce import reduce_audit, summary_table
 
@@ -201,15 +203,21 @@ def test_report_has_rmia_and_the_strongest_attack(tiny_audit):
     json.dumps(report)  # plain JSON
 
 
-def test_old_chunks_without_population_scores_skip_rmia(tiny_audit, tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("mixed", [False, True])
+def test_old_chunks_without_population_scores_skip_rmia(tiny_audit, tmp_path, mixed):
     from privevo.pipelines.audit.reduce import reduce_audit
 
     config, out, arrays = tiny_audit
     old = tmp_path / "old"
     (old / "runs" / "none").mkdir(parents=True)
     (old / "private").mkdir()
+    # an audit written before RMIA; mixed: resumed with new code, which added runs 4..7
     np.savez(old / "runs" / "none" / "chunk-0000-0015.npz",
              **{k: v for k, v in arrays.items() if k != "population_scores"})
+    if mixed:
+        newer = {k: (v[4:8] if np.ndim(v) and len(v) == 16 else v) for k, v in arrays.items()}
+        np.savez(old / "runs" / "none" / "chunk-0004-0007.npz", **newer)
     report = reduce_audit(config, old)
     none = report["paradigms"]["none"]
     assert "rmia_online" not in none["attacks"] and "RMIA skipped" in none["rmia_skipped"]
