@@ -415,8 +415,9 @@ def reduce_audit(config: AuditConfig, out_dir: Path, data: AuditData | None = No
 
 def _score_table(name: str, levels: dict[str, tuple[np.ndarray, np.ndarray]], membership: np.ndarray) -> pa.Table:
     """One row per (level, run, canary): the raw score and the statistic the attack thresholds
-    (LiRA's for the model and synthetic-data levels, the likelihood ratio for the mechanism
-    level, the raw score for a one-run audit)."""
+    (LiRA's for the model level and the calibrated synthetic-data scores, the likelihood ratio for
+    the mechanism level, the raw score for the data-only attack and a one-run audit). RMIA's
+    statistics are in the report only."""
     cols: dict[str, list] = {k: [] for k in ("paradigm", "level", "run", "canary", "member", "score", "lira")}
     R, C = membership.shape
     run_idx, canary_idx = np.meshgrid(np.arange(R), np.arange(C), indexing="ij")
