@@ -114,7 +114,7 @@ paradigms:
     assert abs(mech["sd_out"] - 1) < 0.15
     assert mech["violation"] is False and mech["epsilon_claim"] == pe["epsilon"]
     # synthetic-data level: these small DP synthetic sets give no membership signal
-    for level in ("pe (synthetic: distance)", "pe (synthetic: density_ratio)"):
+    for level in ("pe (synthetic: distance)", "pe (synthetic: density_ratio)", "pe (synthetic: data_only)"):
         row = report["levels"][level]
         assert abs(row["auc"] - 0.5) < 0.15 and row["violation"] is False
-    assert pq.read_table(out / "scores.parquet").num_rows == 4 * 8 * 100  # model, mechanism, 2 synthetic
+    assert pq.read_table(out / "scores.parquet").num_rows == 5 * 8 * 100  # model, mechanism, 3 synthetic

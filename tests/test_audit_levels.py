@@ -14,6 +14,7 @@ from scipy import sparse
 
 from privevo.pipelines.audit import (
     auc,
+    data_only_scores,
     epsilon_lower_bound,
     iid_membership,
     is_violation,
@@ -372,6 +373,45 @@ def test_synthetic_scores_separate_copied_members():
     # without copies there is nothing to find
     plain = synthetic_scores(canaries, labels, noise, noise_y, held, held_y, k=3)
     assert 0.25 < auc(plain["distance"], member) < 0.75
+
+
+def test_data_only_attack_separates_synthetic_sets_that_copy_their_members():
+    from types import SimpleNamespace
+
+    from privevo.pipelines.audit.chunks import synthetic_level
+
+    rng = np.random.default_rng(6)
+    runs, n, dim = 8, 30, 16
+    canaries, labels = rng.random((n, dim)), rng.integers(0, 3, n)
+    member = paired_membership(n, runs, 6)
+    held, held_y = rng.random((150, dim)), rng.integers(0, 3, 150)
+
+    def released(copies: bool):
+        xs, ys, owner = [], [], []
+        for r in range(runs):
+            x = [rng.random((120, dim))]  # unrelated samples, and in the copying paradigm one near-copy per member
+            y = [rng.integers(0, 3, 120)]
+            if copies:
+                x.append(canaries[member[r]] + rng.normal(0, 0.02, (member[r].sum(), dim)))
+                y.append(labels[member[r]])
+            xs += x
+            ys += y
+            owner.append(np.full(sum(len(v) for v in y), r))
+        return np.concatenate(xs), np.concatenate(ys), np.concatenate(owner)
+
+    data = SimpleNamespace(canary_x=canaries, canary_y=labels, x_test=held, y_test=held_y, n_canaries=n)
+    x_syn, y_syn, owner = released(copies=True)
+    got = synthetic_level(data, x_syn, y_syn, owner, runs)["synthetic_data_only"]
+    assert got.shape == (runs, n)
+    np.testing.assert_allclose(got[2], data_only_scores(canaries, labels, x_syn[owner == 2], y_syn[owner == 2],
+                                                        held, held_y))
+    # one threshold over every run and canary, no calibration on other runs
+    assert auc(got, member) > 0.99
+    # a synthetic set that copies nobody: nothing to find (240 observations: chance within 0.15)
+    plain = synthetic_level(data, *released(copies=False), runs)["synthetic_data_only"]
+    assert abs(auc(plain, member) - 0.5) < 0.15
+    with pytest.raises(ValueError, match="k >= 1"):
+        data_only_scores(canaries, labels, x_syn, y_syn, held, held_y, k=0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -168,7 +168,7 @@ def test_external_paradigm_and_one_run(tmp_path, fake_registry):
     out = tmp_path / "audit"
     report = run_audit(config, out)
     copy = report["paradigms"]["copy"]
-    assert set(copy["attacks"]) == {"online_fixed_variance", "online", "offline"}
+    assert set(copy["attacks"]) == {"online_fixed_variance", "online", "offline", "rmia_online", "rmia_offline"}
     for attack in copy["attacks"].values():
         assert {"auc", "tpr_at_0.1pct_fpr", "tpr_at_0.1pct_fpr_ci", "tpr_at_0.1pct_fpr_negatives",
                 "epsilon_lower", "epsilon_point"} <= set(attack)

@@ -2,7 +2,13 @@
 scored, the result written as ``runs/<paradigm>/chunk-<first>-<last>.npz`` (a Ray task).
 
 Everything is derived from the config (data, canaries, membership, seeds), so a retried or
-resumed chunk computes the same thing. How the runs are trained is the paradigm's business
+resumed chunk computes the same thing.
+
+Per (run, canary) the file holds ``scores``, the logit-scaled confidence of the canary's label
+(LiRA's and RMIA's input); per (run, population sample) ``population_scores``, the same for a
+fixed subset of the held-out set with its true labels (``population_rows``: RMIA's population z,
+which no run trains on). Chunks written before ``population_scores`` existed lack it: the reduce
+step then skips RMIA for that paradigm and says so. How the runs are trained is the paradigm's business
 (``paradigms``): this module hands it a ``Chunk`` and gets back a ``Trained``.
 """
 
@@ -20,7 +26,24 @@ from privevo.pipelines.audit.config import AuditConfig, ParadigmConfig
 from privevo.pipelines.audit.data import AuditData, paradigm_membership, prepare_data, run_seed
 from privevo.pipelines.files import atomic_open
 
-__all__ = ["Chunk", "ChunkTrainer", "Trained", "synthetic_level", "train_chunk", "train_spec", "write_npz_atomic"]
+__all__ = [
+    "POPULATION_SIZE",
+    "Chunk",
+    "ChunkTrainer",
+    "Trained",
+    "population_rows",
+    "synthetic_level",
+    "train_chunk",
+    "train_spec",
+    "write_npz_atomic",
+]
+
+#: How many held-out samples every run is scored on as RMIA's population (all of them where the
+#: held-out set is smaller). 256 keeps RMIA's score (a fraction of the population) fine-grained
+#: enough to rank canaries, at a scoring cost small beside the training.
+POPULATION_SIZE = 256
+
+_POPULATION_KEY = 0x706F7075
 
 
 @dataclass
@@ -60,6 +83,16 @@ class ChunkTrainer(Protocol):
     def train(self, chunk: Chunk) -> Trained: ...
 
 
+def population_rows(seed: int, n_heldout: int, size: int = POPULATION_SIZE) -> np.ndarray:
+    """Indices (sorted) of the held-out samples every run is scored on as RMIA's population: a
+    uniform draw of ``min(size, n_heldout)`` without replacement, seeded by (audit seed,
+    population key) alone, so every chunk of an audit uses the same ones."""
+    if n_heldout < 1:
+        raise ValueError("population_rows: the held-out set is empty; RMIA needs population samples")
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), _POPULATION_KEY]))
+    return np.sort(rng.choice(int(n_heldout), size=min(int(size), int(n_heldout)), replace=False))
+
+
 def train_spec(config: AuditConfig, paradigm: ParadigmConfig) -> Any:
     """The ``TrainSpec`` of a paradigm's final classifier: ``training`` with the paradigm's
     overrides (epochs, batch size, learning rate, momentum)."""
@@ -97,6 +130,10 @@ def train_chunk(config_json: dict[str, Any], index: int, runs: list[int], out_di
     # Queries: the augmentations the runs were trained with (only the image itself without).
     logits = model.logits_augmented(data.canary_x)  # (R, Q, C, classes)
     scores = logit_confidence(logits, data.canary_y[None, None, :]).mean(axis=1)  # (R, C)
+    # RMIA's population z: held-out samples with their true labels, queried the same way.
+    pop = population_rows(config.seed, len(data.y_test))
+    pop_logits = model.logits_augmented(data.x_test[pop])  # (R, Q, Z, classes)
+    population_scores = logit_confidence(pop_logits, data.y_test[pop][None, None, :]).mean(axis=1)  # (R, Z)
     accuracy = model.accuracy(data.x_test, data.y_test)
     folder = chunk.out / "runs" / paradigm.key
     folder.mkdir(parents=True, exist_ok=True)
@@ -105,7 +142,7 @@ def train_chunk(config_json: dict[str, Any], index: int, runs: list[int], out_di
             "seeds": seeds, "seconds": time.perf_counter() - t0, "info": _jsonable(model.info)}
     accounted = trained.accounted
     write_npz_atomic(path, runs=np.asarray(runs), seeds=np.asarray(seeds, dtype=np.uint64), membership=membership,
-                     scores=scores, accuracy=np.asarray(accuracy, dtype=np.float64),
+                     scores=scores, population_scores=population_scores, accuracy=np.asarray(accuracy, dtype=np.float64),
                      epsilon=np.float64(np.nan if accounted is None else accounted),
                      meta=np.asarray(json.dumps(meta)), **trained.extra)
     return str(path)
@@ -130,14 +167,18 @@ def _jsonable(info: dict) -> dict:
 def synthetic_level(data: AuditData, x_syn: np.ndarray, y_syn: np.ndarray, owner: np.ndarray,
                     n_runs: int) -> dict[str, np.ndarray]:
     """Synthetic-data-level scores of every canary in each run's synthetic set (rows of run j:
-    ``owner == j``): distance to the nearest synthetic sample and a density ratio, (R, C) each."""
-    from privevo.pipelines.audit.levels import synthetic_scores
+    ``owner == j``), (R, C) each: distance to the nearest synthetic sample and a density ratio
+    (both calibrated by LiRA over the runs later), and the data-only attack's score (the synthetic
+    set against the held-out set as public reference, used as it is). ``levels`` defines them."""
+    from privevo.pipelines.audit.levels import data_only_scores, synthetic_scores
 
     dist = np.zeros((n_runs, data.n_canaries))
     dens = np.zeros((n_runs, data.n_canaries))
+    data_only = np.zeros((n_runs, data.n_canaries))
     for j in range(n_runs):
         rows = np.asarray(owner) == j
-        s = synthetic_scores(data.canary_x, data.canary_y, np.asarray(x_syn)[rows], np.asarray(y_syn)[rows],
-                             data.x_test, data.y_test)
+        xs, ys = np.asarray(x_syn)[rows], np.asarray(y_syn)[rows]
+        s = synthetic_scores(data.canary_x, data.canary_y, xs, ys, data.x_test, data.y_test)
         dist[j], dens[j] = s["distance"], s["density_ratio"]
-    return {"synthetic_distance": dist, "synthetic_density_ratio": dens}
+        data_only[j] = data_only_scores(data.canary_x, data.canary_y, xs, ys, data.x_test, data.y_test)
+    return {"synthetic_distance": dist, "synthetic_density_ratio": dens, "synthetic_data_only": data_only}

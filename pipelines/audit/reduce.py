@@ -1,18 +1,24 @@
 """The audit's reduce step: the attacks over the chunk files, their statistics, and the report.
 
 - model level: LiRA leave-one-out, online with fixed variance (the headline), online with
-  per-canary variance, and offline;
+  per-canary variance, and offline; RMIA leave-one-out, online and offline (``rmia``), where the
+  chunk files hold the population scores it needs;
 - mechanism level (PE): the released noisy histograms minus the always-in records' votes,
   projected on the bins of each canary's vote that no other canary votes for (``levels``: no
   canary's membership enters it), beside the accounted epsilon and the Gaussian mean shift the
   accounting predicts from each run's ledger;
 - synthetic-data level: distance to the nearest synthetic sample and a density ratio, LiRA
-  calibrated over the same runs;
+  calibrated over the same runs; and the data-only attack (the target run's synthetic set against
+  public data, no other run), thresholded as it is;
 - the one-run audit (Steinke, Nasr & Jagielski 2023) for a paradigm with ``one_run: true``.
 
 Every empirical epsilon is a one-sided 95% lower confidence bound (``epsilon_lower``, beside the
 plug-in ``epsilon_point``), its threshold chosen on a random half of the runs and scored on the
 other half. It is compared with what the paradigm claims for one canary (``epsilon_claim``).
+
+Each paradigm's ``strongest_attack`` names the attack, among all those run on it (model level,
+synthetic-data level, mechanism level), with the highest TPR at 0.1% FPR, ties broken by AUC; the
+headline row stays LiRA online with fixed variance, so paradigms are compared on one attack.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from privevo.pipelines.audit.metrics import (
 )
 from privevo.pipelines.audit.paradigms import AuditParadigm, audit_paradigm
 from privevo.pipelines.audit.plots import plot_roc, plot_tradeoff, plot_vulnerable
+from privevo.pipelines.audit.rmia import rmia_offline, rmia_online
 from privevo.pipelines.files import write_json_atomic
 
 __all__ = [
@@ -51,8 +58,13 @@ __all__ = [
     "one_run_report",
     "privacy_unit",
     "reduce_audit",
+    "strongest_attack",
     "summary_table",
 ]
+
+#: Why RMIA is missing where the chunk files predate the population scores.
+RMIA_SKIPPED = ("RMIA skipped: chunk files without population_scores (written before RMIA was added, "
+                "or some runs lack them); LiRA is reported. Rerun the audit in a new directory for RMIA.")
 
 _ATTACK_KEY = 0x61747461
 
@@ -113,8 +125,9 @@ def _attack_stats(stat: np.ndarray, membership: np.ndarray, delta: float, rng: n
 
 
 def model_attacks(scores: np.ndarray, membership: np.ndarray, delta: float,
-                  rng: np.random.Generator) -> dict[str, dict[str, Any]]:
-    """The three LiRA variants (leave-one-out) on the model-level scores (R, C).
+                  rng: np.random.Generator, population: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
+    """The three LiRA variants (leave-one-out) on the model-level scores (R, C), and with the
+    population scores (R, Z) RMIA online and offline (``rmia_online``, ``rmia_offline``).
 
     Per-canary variance needs two shadows on each side of every canary: with fewer than 6 runs
     the online per-canary variant is left out and the offline one pools its variance.
@@ -129,7 +142,25 @@ def model_attacks(scores: np.ndarray, membership: np.ndarray, delta: float,
     stat = lira_offline(scores, membership, not per_canary)
     out["offline"] = {**_attack_stats(stat, membership, delta, rng),
                       "variance": "per-canary" if per_canary else "fixed"}
+    if population is not None:
+        stat = rmia_online(scores, population, membership)
+        out["rmia_online"] = {**_attack_stats(stat, membership, delta, rng), "gamma": 1.0,
+                              "population": int(population.shape[1]), "_stat": stat}
+        stat, a = rmia_offline(scores, population, membership)
+        out["rmia_offline"] = {**_attack_stats(stat, membership, delta, rng), "gamma": 1.0,
+                               "population": int(population.shape[1]),
+                               "offline_a": {"median": float(np.median(a)), "min": float(a.min()),
+                                             "max": float(a.max())}, "_stat": stat}
     return out
+
+
+def strongest_attack(rows: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The attack of ``rows`` (name -> its statistics) with the highest TPR at 0.1% FPR, ties
+    broken by AUC (then by the order of ``rows``)."""
+    if not rows:
+        return None
+    name = max(rows, key=lambda k: (rows[k]["tpr_at_0.1pct_fpr"], rows[k]["auc"]))
+    return {"attack": name, "tpr_at_0.1pct_fpr": rows[name]["tpr_at_0.1pct_fpr"], "auc": rows[name]["auc"]}
 
 
 def _public(d: dict[str, Any]) -> dict[str, Any]:
@@ -263,6 +294,7 @@ def reduce_audit(config: AuditConfig, out_dir: Path, data: AuditData | None = No
     unit = privacy_unit(data.repeat)
     paradigms: dict[str, dict[str, Any]] = {}
     extra_rows: dict[str, dict[str, Any]] = {}
+    extra_plots: dict[str, dict[str, Any]] = {}
     tables, seeds = [], {}
     for index, paradigm in enumerate(config.paradigms):
         name = paradigm.key
@@ -296,7 +328,14 @@ def reduce_audit(config: AuditConfig, out_dir: Path, data: AuditData | None = No
                 one["mechanism"].update(_judge(one["mechanism"], got["epsilon"], claim, unit))
             entry["_roc"] = head["_roc"]
         else:
-            attacks = model_attacks(scores, membership, config.delta, rng)
+            population = got.get("population_scores")
+            if population is not None and not bool(np.isfinite(population).all()):
+                population = None
+            attacks = model_attacks(scores, membership, config.delta, rng, population)
+            if population is None:
+                entry["rmia_skipped"] = RMIA_SKIPPED
+            else:
+                extra_plots[f"{name} (RMIA online)"] = attacks["rmia_online"]
             head = attacks["online_fixed_variance"]
             stat = head["_stat"]
             levels["model"] = (scores, stat)
@@ -325,6 +364,17 @@ def reduce_audit(config: AuditConfig, out_dir: Path, data: AuditData | None = No
                 extra_rows[f"{name} ({label})"] = {"level": key, "paradigm": name, **row,
                                                    **_judge(row, got["epsilon"], claim, unit)}
                 levels[key] = (got[key], lira)
+        if "synthetic_data_only" in got and not paradigm.one_run and np.isfinite(got["synthetic_data_only"]).all():
+            # the data-only attack: the target run's synthetic set and public data, no other run
+            row = _attack_stats(got["synthetic_data_only"], membership, config.delta, rng)
+            extra_rows[f"{name} (synthetic: data_only)"] = {"level": "synthetic_data_only", "paradigm": name, **row,
+                                                            **_judge(row, got["epsilon"], claim, unit)}
+            levels["synthetic_data_only"] = (got["synthetic_data_only"], got["synthetic_data_only"])
+        if not paradigm.one_run:
+            candidates = {f"model: {k}": v for k, v in entry["attacks"].items()}
+            candidates.update({row_name[len(name) + 2:-1]: row for row_name, row in extra_rows.items()
+                               if row["paradigm"] == name})
+            entry["strongest_attack"] = strongest_attack(candidates)
         tables.append(_score_table(name, levels, membership))
     table = pa.concat_tables(tables)
     pq.write_table(table, out_dir / "scores.parquet")
@@ -334,7 +384,7 @@ def reduce_audit(config: AuditConfig, out_dir: Path, data: AuditData | None = No
         "membership": "complementary pairs of runs; pair p seeded by SeedSequence([seed, membership key, p])",
         "paradigms": seeds,
     })
-    plot_roc({**paradigms, **extra_rows}, out_dir / "roc.png")
+    plot_roc({**paradigms, **extra_plots, **extra_rows}, out_dir / "roc.png")
     plot_tradeoff(paradigms, out_dir / "tradeoff.png")
     plot_vulnerable(paradigms, data.samples(data.canary_x) / data.max_value, data.canary_y, data.true_y,
                     out_dir / "private" / "vulnerable.png", data.class_names)
@@ -347,7 +397,10 @@ def reduce_audit(config: AuditConfig, out_dir: Path, data: AuditData | None = No
         "delta": config.delta,
         "attack": "LiRA online, fixed variance, leave-one-out; logit-scaled confidence of the canary label "
                   "(averaged over shift queries when the runs trained with shifts). paradigms.NAME.attacks also "
-                  "has online per-canary variance and offline. Empirical epsilon: epsilon_lower is a one-sided 95% "
+                  "has online per-canary variance and offline, and RMIA (Zarifzadeh et al. 2024) online and "
+                  "offline, leave-one-out, population: held-out samples no run trains on (see README). "
+                  "strongest_attack: the attack on the paradigm (model, synthetic-data or mechanism level) with "
+                  "the highest TPR at 0.1% FPR, ties by AUC. Empirical epsilon: epsilon_lower is a one-sided 95% "
                   "lower confidence bound (threshold chosen on a random half of the runs, Clopper-Pearson bounds "
                   "on the other half), epsilon_point the plug-in estimate beside it; violation: epsilon_lower "
                   "above epsilon_claim (the accounted epsilon of one record, or of a group of repeat records for "
@@ -362,8 +415,9 @@ def reduce_audit(config: AuditConfig, out_dir: Path, data: AuditData | None = No
 
 def _score_table(name: str, levels: dict[str, tuple[np.ndarray, np.ndarray]], membership: np.ndarray) -> pa.Table:
     """One row per (level, run, canary): the raw score and the statistic the attack thresholds
-    (LiRA's for the model and synthetic-data levels, the likelihood ratio for the mechanism
-    level, the raw score for a one-run audit)."""
+    (LiRA's for the model level and the calibrated synthetic-data scores, the likelihood ratio for
+    the mechanism level, the raw score for the data-only attack and a one-run audit). RMIA's
+    statistics are in the report only."""
     cols: dict[str, list] = {k: [] for k in ("paradigm", "level", "run", "canary", "member", "score", "lira")}
     R, C = membership.shape
     run_idx, canary_idx = np.meshgrid(np.arange(R), np.arange(C), indexing="ij")
@@ -385,13 +439,14 @@ def summary_table(report: dict[str, Any]) -> str:
 
     One row per paradigm (LiRA on the downstream model, or the one-run audit), then one row per
     extra audit level where a paradigm has it: ``NAME (mechanism)`` and ``NAME (synthetic: ...)``.
+    The last column of a paradigm's row is its strongest attack with its TPR at 0.1% FPR and AUC.
     The epsilon columns are the one-sided 95% lower confidence bound and the plug-in estimate
     (not an interval); a bound above the claim is marked ``violation``. Where a canary is a group
     of copies, the claim is the group epsilon, labelled ``group privacy (r records)``.
     """
     head = ("| paradigm | accounted epsilon | test accuracy | TPR @ 0.1% FPR | TPR @ 1% FPR | AUC "
-            "| empirical epsilon: 95% lower bound | point estimate |")
-    lines = [head, "|" + "---|" * 8]
+            "| empirical epsilon: 95% lower bound | point estimate | strongest attack |")
+    lines = [head, "|" + "---|" * 9]
     rows = [(name, p, True) for name, p in report["paradigms"].items()]
     rows += [(name, p, False) for name, p in report.get("levels", {}).items()]
     for name, p, is_paradigm in rows:
@@ -409,8 +464,10 @@ def summary_table(report: dict[str, Any]) -> str:
         if p.get("violation"):
             bound += " violation"
         point = "-" if p.get("epsilon_point") is None else f"{p['epsilon_point']:.2f}"
+        best = p.get("strongest_attack")
+        strongest = "-" if not best else f"{best['attack']} ({best['tpr_at_0.1pct_fpr']:.3f}, AUC {best['auc']:.3f})"
         lines.append(
             f"| {name} | {eps} | {accuracy} | {p['tpr_at_0.1pct_fpr']:.3f} | {p['tpr_at_1pct_fpr']:.3f} "
-            f"| {p['auc']:.3f} | {bound} | {point} |"
+            f"| {p['auc']:.3f} | {bound} | {point} | {strongest} |"
         )
     return "\n".join(lines)
