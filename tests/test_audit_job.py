@@ -55,7 +55,9 @@ def test_audit_finds_leakage_of_plain_training_not_of_dpsgd(tmp_path, capsys):
     # are seeded, noise included: 0.532 AUC and 4 of 320 members above the threshold here). Under
     # the null (members and non-members exchangeable) the AUC is the Mann-Whitney statistic, of sd
     # sqrt((n1 + n2 + 1) / (12 n1 n2)); the number of members above the (k+1)-th largest of n_neg
-    # non-members is beta-binomial(n_pos, k + 1, n_neg - k). Both at two-sided level 0.001.
+    # non-members is beta-binomial(n_pos, k + 1, n_neg - k). Both at two-sided level 0.001. (LiRA's
+    # leave-one-out fits pull the null AUC a little below 0.5: 0.481 +- 0.018 at 16 runs in a simulation
+    # with pure-noise scores, well inside the band.)
     # Not leaking is what the noise buys: epsilon 1 alone would allow an AUC up to 0.73, and plain
     # training shows 1.0.
     n_pos = n_neg = 8 * 40
