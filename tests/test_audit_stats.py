@@ -388,14 +388,38 @@ def test_one_run_bound_grows_with_correct_guesses_and_is_zero_at_chance():
     assert values[-1] == pytest.approx(math.log(q / (1 - q)), abs=1e-6)
 
 
-def _one_run_p_value(v, r, m, eps, delta):
-    """Theorem 5.2 of Steinke, Nasr & Jagielski written out term by term (test reference)."""
+def _one_run_bounds(r: int, m: int, delta: float, alpha: float = 0.05) -> np.ndarray:
+    """The one-run bound for every possible number of correct guesses 0..r."""
+    return np.array([one_run_epsilon_lower(v, r, m, delta, alpha) for v in range(r + 1)])
+
+
+@pytest.mark.parametrize("r,eps_true", [(200, 1.0), (50, 0.5), (500, 2.0)])
+def test_one_run_bound_is_valid_and_tight_for_randomized_response(r, eps_true):
+    """Checked by what the bound must do, not by its formula: an auditor facing epsilon-DP
+    randomized response (each of r guesses right with probability e^eps / (1 + e^eps),
+    independently: the mechanism the paper's Theorem 5.2 reduces to) may claim more than the true
+    epsilon with probability at most alpha; computed exactly over the binomial number of correct
+    guesses. With delta = 0 the bound is also tight: one correct guess fewer than the least number
+    that proves more than eps_true already happens with probability above alpha."""
     from scipy.stats import binom
 
-    q = math.exp(eps) / (1 + math.exp(eps))
-    tail = binom.sf(v - 1, r, q)
-    worst = max(sum(binom.pmf(v - j, r, q) for j in range(1, i + 1)) / i for i in range(1, v + 1))
-    return tail + 2 * m * delta * worst
+    alpha, m = 0.05, 1000
+    q = math.exp(eps_true) / (1 + math.exp(eps_true))
+    pure = _one_run_bounds(r, m, 0.0, alpha)
+    claims_more = pure > eps_true
+    assert claims_more.any() and not claims_more[: r // 2 + 1].any()
+    v_star = int(np.argmax(claims_more))
+    assert claims_more[v_star:].all()  # more correct guesses never prove less
+    false_claim = binom.sf(v_star - 1, r, q)  # P[V >= v*] under the truth
+    assert false_claim <= alpha
+    assert binom.sf(v_star - 2, r, q) > alpha  # tight: V >= v* - 1 is not rare enough
+    # with delta > 0, against (eps, delta) randomized response (each guess also revealed with
+    # probability delta): still valid, and never above the pure bound
+    delta = 1e-5
+    approx = _one_run_bounds(r, m, delta, alpha)
+    assert (approx <= pure).all()
+    q_delta = delta + (1 - delta) * q
+    assert binom.pmf(np.arange(r + 1), r, q_delta)[approx > eps_true].sum() <= alpha
 
 
 def test_one_run_bound_with_delta_is_more_conservative():
@@ -404,9 +428,10 @@ def test_one_run_bound_with_delta_is_more_conservative():
         approx = one_run_epsilon_lower(v, 200, 1000, 1e-5, 0.05)
         loose = one_run_epsilon_lower(v, 200, 1000, 1e-4, 0.05)
         assert 0.0 < loose < approx < pure
-        # the bound is where the paper's p-value crosses alpha
-        assert _one_run_p_value(v, 200, 1000, loose, 1e-4) == pytest.approx(0.05, rel=1e-6)
-        assert _one_run_p_value(v, 200, 1000, approx, 1e-5) == pytest.approx(0.05, rel=1e-6)
+    # delta's term grows with the number of canaries m (2 m delta in Theorem 5.2): more canaries,
+    # a weaker bound from the same guesses; at delta = 0, m plays no part
+    assert one_run_epsilon_lower(160, 200, 10_000, 1e-5) < one_run_epsilon_lower(160, 200, 1000, 1e-5)
+    assert one_run_epsilon_lower(160, 200, 10_000, 0.0) == one_run_epsilon_lower(160, 200, 1000, 0.0)
     with pytest.raises(ValueError):
         one_run_epsilon_lower(10, 5, 100, 0.0, 0.05)
 

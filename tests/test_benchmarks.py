@@ -22,20 +22,38 @@ def test_overhead_quick_compares_ray_with_the_same_work_in_one_process(tmp_path,
     run_suite("overhead", tmp_path, quick=True)
     data = _written(tmp_path, "overhead")
     row = data["sizes"][-1]
-    assert row["same_output"] is True  # the plain process made exactly the Ray run's samples and releases
-    assert row["ray"]["generation_wall_seconds"] > 0 and row["plain"]["generation_wall_seconds"] > 0
-    assert data["overhead_fraction"] == row["overhead_fraction"] < 1.0
-    assert 0.0 <= data["metered_overhead_fraction"] < 1.0
+    assert data["overhead_fraction"] == row["overhead_fraction"]  # the headline is the largest size's
+    # the comparison is of the same work: the plain process made exactly the Ray run's samples and
+    # releases, so its classifier scores the same
+    assert row["same_output"] is True
+    assert row["ray"]["accuracy"] == row["plain"]["accuracy"]
+    for mode in ("ray", "plain"):
+        m = row[mode]
+        assert len(m["per_generation_wall_seconds"]) == row["generations"]  # generations 1..T, each timed
+        # each run's critical path (summed by kind over all its generations) fits in the time that
+        # passed, and generating and voting are on it
+        wall = m["generation0_wall_seconds"] + m["generation_wall_seconds"]
+        assert sum(m["critical_seconds_by_kind"].values()) <= wall + 1e-6
+        assert m["critical_seconds_by_kind"]["generate"] > 0 and m["critical_seconds_by_kind"]["vote"] > 0
+        assert 0.0 <= m["metered_overhead_seconds"] <= m["generation_wall_seconds"]
 
 
 def test_voting_quick_reports_rates_against_gemm(tmp_path):
+    from benchmarks.voting import sizes
+
     run_suite("voting", tmp_path, quick=True)
     data = _written(tmp_path, "voting")
     assert data["gemm_gflops"] > 0
-    assert {r["backend"] for r in data["rows"]} >= {"faiss"}
+    backends = {r["backend"] for r in data["rows"]}
+    assert backends >= {"faiss"}
+    # every size with every backend, once
+    assert sorted((r["n_private"], r["n_synthetic"], r["d"], r["backend"]) for r in data["rows"]) == sorted(
+        (*size, b) for size in sizes(True) for b in backends)
     for row in data["rows"]:
-        assert row["pairs_per_second"] == pytest.approx(row["n_private"] * row["n_synthetic"] / row["seconds"])
-        assert row["gflops"] == pytest.approx(2 * row["d"] * row["pairs_per_second"] / 1e9)
+        # an exact vote does 2 d flops a (private, synthetic) pair in a GEMM: it cannot beat the machine's
+        # GEMM rate (measured 0.12-0.85 of it); a timing that missed the work, or a miscounted pair,
+        # would. Twice the GEMM leaves room for the GEMM measure's own noise on a shared machine
+        assert 0 < row["fraction_of_gemm"] < 2.0, row
     head = data["at"]
     assert (head["n_private"], head["d"]) == (4000, 256)
 
@@ -45,9 +63,15 @@ def test_scaling_quick_measures_one_and_two_actors(tmp_path, ray_session):
     data = _written(tmp_path, "scaling")
     rows = {r["generator_actors"]: r for r in data["rows"]}
     assert {1, 2} <= set(rows)
-    assert data["speedup_2_over_1"] == pytest.approx(
-        rows[2]["generate_samples_per_second"] / rows[1]["generate_samples_per_second"])
-    assert rows[1]["samples"] == rows[2]["samples"] > 0
+    # quick: 300 samples a class, 2 generations, generation 1 measured: 3,000 samples either way
+    assert rows[1]["samples"] == rows[2]["samples"] == 300 * 10
+    for actors, row in rows.items():
+        # the generate stage waits for its busiest generator, busy at least the generators' mean
+        # (the actors' own clocks against the driver's)
+        assert row["generate_seconds"] >= row["actor_busy_seconds"] / actors - 1e-3, row
+        assert row["actor_busy_seconds"] > 0
+        # and the stage is part of its generations' wall
+        assert row["generate_seconds"] <= row["samples"] / row["generation_samples_per_second"] + 1e-6
 
 
 def test_gpu_suite_is_skipped_without_a_gpu(tmp_path, capsys):

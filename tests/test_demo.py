@@ -17,8 +17,17 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "digits.yaml"
 
 
-def privevo(*args, **kwargs):
+#: The seed of the demo run's release noise (tests/test_interrupts.py and others use the same
+#: environment variable): the run is then deterministic, noise included, so its accuracy is a fixed
+#: number; the killed-and-resumed run below keeps the default, secure noise.
+DEMO_NOISE_SEED = "1"
+
+
+def privevo(*args, noise_seed: str | None = None, **kwargs):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("PRIVEVO_INSECURE_NOISE_SEED", None)
+    if noise_seed is not None:
+        env["PRIVEVO_INSECURE_NOISE_SEED"] = noise_seed
     return subprocess.Popen(
         [sys.executable, "-m", "privevo.pipelines.cli", *args], cwd=ROOT, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs,
@@ -28,9 +37,10 @@ def privevo(*args, **kwargs):
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("demo") / "run"
-    proc = privevo("synthesize", str(DEMO), "--out", str(run_dir), "--quiet")
+    proc = privevo("synthesize", str(DEMO), "--out", str(run_dir), "--quiet", noise_seed=DEMO_NOISE_SEED)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
+    assert "release noise is seeded" in err  # the run says so
     return run_dir, out
 
 
@@ -40,11 +50,14 @@ def test_demo_runs_end_to_end(demo_run):
     for line in ("privacy", "accuracy", "wall time", "generations"):
         assert line in out
     assert report["privacy"]["epsilon"] <= report["privacy"]["target_epsilon"] * (1 + 1e-6)
-    assert report["privacy"]["noise_source"] == "opendp-discrete-gaussian"
+    assert report["privacy"]["noise_source"] == "seeded-insecure"  # the secure default: the resume test
     assert report["privacy"]["releases"] == len(PrivacyLedger(run_dir).records())
     evaluation = report["evaluation"]
-    # DP synthetic data must beat the prior alone, which used no private data
-    assert evaluation["accuracy"] > evaluation["baselines"]["generation0"]["accuracy"]
+    # the demo's DP synthetic digits at epsilon 1: 0.888 with this noise seed (0.876 and 0.910 with seeds 2, 3;
+    # README's calibration: 0.80-0.855 at epsilon 1-2), the prior alone 0.838, which used no private data
+    print(f"demo accuracy {evaluation['accuracy']:.4f}, prior {evaluation['baselines']['generation0']['accuracy']:.4f}")
+    assert evaluation["accuracy"] >= 0.87
+    assert evaluation["accuracy"] > evaluation["baselines"]["generation0"]["accuracy"] + 0.03
     assert evaluation["frechet_distance"] < evaluation["baselines"]["generation0"]["frechet_distance"]
     for name in ("synthetic.parquet", "ledger.jsonl", "samples.png", "progress.png", "config.yaml"):
         assert (run_dir / name).exists()
@@ -76,6 +89,7 @@ def test_killed_run_resumes_to_exactly_T_releases(demo_run, tmp_path):
     for t, release in drawn.items():  # noise from a secure source: a release drawn again would differ
         assert (ledger.load_release(t) == release).all(), f"release {t} was drawn again"
     report = json.loads((run_dir / "report.json").read_text())
+    assert report["privacy"]["noise_source"] == "opendp-discrete-gaussian"  # the demo's default
     assert report["privacy"]["epsilon"] == reference["privacy"]["epsilon"]
     assert report["privacy"]["releases"] == reference["privacy"]["releases"]
 

@@ -16,6 +16,7 @@ from privevo.actors.paradigms import PARADIGMS
 from privevo.actors.paradigms.coreset import select
 from privevo.actors.paradigms.distill import initial_images
 from privevo.actors.training.batched import BatchedModel
+from privevo.actors.training.dpsgd import train_batched_dpsgd
 from privevo.actors.training.models import TrainSpec
 from privevo.actors.training.train import train_batched
 
@@ -135,6 +136,35 @@ def test_paradigm_learns_and_honours_the_mask(digits, name, extra):
     model2 = _train(name, x2, y, w, xte, yte, **extra)
     assert _same_run(model, model2, 0), f"{name}: an excluded sample changed run 0"
     assert not _same_run(model, model2, 1), f"{name}: run 1's own samples had no effect"
+
+
+def _train_base(kind: str, x, y, w, seeds=(11, 12)) -> BatchedModel:
+    """The audit's own trainers: ``none``'s plain training, and DP-SGD (seeded noise, Poisson lots)."""
+    if kind == "none":
+        return train_batched(x, y, w, TrainSpec(hidden=(64,), epochs=5, batch_size=32), list(seeds), N_CLASSES)
+    spec = TrainSpec(hidden=(64,), epochs=3, batch_size=64, lr=0.5, momentum=0.0)
+    return train_batched_dpsgd(x, y, w, spec, list(seeds), N_CLASSES, noise_multiplier=1.0, max_grad_norm=1.0)
+
+
+@pytest.mark.parametrize("kind", ["none", "dpsgd"])
+def test_plain_and_dpsgd_training_honour_the_mask_bitwise(digits, kind):
+    """What the paradigms above are held to, for the two trainers under them: flipping the pixels and
+    the label of the samples run 0 excludes leaves run 0's parameters bit for bit the same, and
+    changes run 1's, which holds them. Row 0 is among the excluded: it is also the index the
+    trainers pad minibatches and lots with (at weight 0), so its pixels do enter run 0's arithmetic."""
+    x, y, _, _ = digits
+    outside = np.union1d([0], np.random.default_rng(0).choice(len(x), 60, replace=False))
+    w = _masks(len(x), outside)
+    model = _train_base(kind, x, y, w)
+    x2, y2 = x.copy(), y.copy()
+    x2[outside] = 1.0 - x2[outside]
+    y2[outside] = (y2[outside] + 1) % N_CLASSES
+    model2 = _train_base(kind, x2, y2, w)
+    assert _same_run(model, model2, 0), f"{kind}: an excluded sample changed run 0"
+    assert not _same_run(model, model2, 1), f"{kind}: run 1's own samples had no effect"
+    if kind == "dpsgd":  # and the excluded samples do not even move run 0's sampling rate or steps
+        assert model.info["sample_rates"][0] == 64 / (len(x) - len(outside))
+        assert model.info["sample_rates"][1] == 64 / len(x)
 
 
 @pytest.mark.parametrize("name,extra", [("coreset", {"method": "random"}), ("distill", {"iterations": 20})])
