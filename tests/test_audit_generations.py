@@ -134,6 +134,7 @@ def test_per_generation_is_only_for_pe_and_not_one_run(tmp_path):
             load_audit_config(path)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_tiny_pe_audit_per_generation_writes_arrays_and_report_and_resumes(tmp_path):
     from privevo.pipelines.audit.config import AuditConfig
