@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, machine, write_result  # noqa: E402
+from benchmarks.common import RESULTS, machine, write_result
 
 CONFIG = ROOT / "configs" / "audit-pe-generations.yaml"
 PUBLIC_OUTPUTS = ("report.json", "generations.png", "roc.png", "tradeoff.png", "seeds.json", "membership.npy")
