@@ -86,6 +86,9 @@ class ParadigmConfig(_Strict):
     one_run: bool = Field(False, description="one run, each canary in with probability 1/2 (one-run audit)")
     one_run_guesses: float = Field(0.1, gt=0, le=0.5, description="one-run: fraction of canaries guessed in, "
                                                                      "and the same fraction guessed out")
+    per_generation: bool = Field(False, description="pe: also audit after every generation t = 1..T (mechanism "
+                                 "level on releases 1..t, synthetic and model level on S_t) beside the "
+                                 "accounted epsilon(t)")
     max_grad_norm: float = Field(1.0, gt=0)
     epochs: int | None = Field(None, ge=1, description="overrides training.epochs")
     batch_size: int | None = Field(None, ge=1, description="overrides training.batch_size")
@@ -112,6 +115,10 @@ class ParadigmConfig(_Strict):
                              f"{plugins.GROUPS['paradigm']!r} entry points)")
         if self.options and self.kind in AUDIT_KINDS:
             raise ValueError(f"options: the kinds {', '.join(AUDIT_KINDS)} take none (plugin paradigms do)")
+        if self.per_generation and self.kind != "pe":
+            raise ValueError(f"per_generation: only kind 'pe' has generations (this is {self.kind!r})")
+        if self.per_generation and self.one_run:
+            raise ValueError("per_generation: not with one_run (the per-generation audit thresholds over many runs)")
         if self.synthesize_overrides and self.kind != "pe":
             raise ValueError(f"synthesize_overrides: only kind 'pe' runs a synthesize config (this is {self.kind!r})")
         return self

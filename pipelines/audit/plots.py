@@ -1,4 +1,5 @@
-"""The audit's plots: ROC curves, the privacy-utility plane, and the most vulnerable canaries.
+"""The audit's plots: ROC curves, the privacy-utility plane, the most vulnerable canaries, and
+PE's audit after every generation.
 
 Each reads the report rows ``reduce`` builds (their private ``_roc`` and ``_vulnerable`` keys)
 and writes one PNG (matplotlib, Agg backend).
@@ -13,7 +14,7 @@ import numpy as np
 
 from privevo.pipelines.figures import pyplot, save_figure
 
-__all__ = ["plot_roc", "plot_tradeoff", "plot_vulnerable"]
+__all__ = ["plot_generations", "plot_roc", "plot_tradeoff", "plot_vulnerable"]
 
 
 def plot_vulnerable(paradigms: dict[str, Any], images: np.ndarray, canary_y: np.ndarray, true_y: np.ndarray,
@@ -75,4 +76,34 @@ def plot_tradeoff(paradigms: dict[str, Any], path: Path) -> None:
                     textcoords="offset points")
     ax.set_xlabel("TPR at 0.1% FPR (privacy leakage)")
     ax.set_ylabel("test accuracy (utility)")
+    save_figure(fig, path)
+
+
+def plot_generations(per_generation: dict[str, Any], path: Path) -> None:
+    """Per PE paradigm (``generations.generations_report``'s rows), against the generation t:
+    the accounted epsilon(t) and each level's empirical epsilon (95% lower bound, solid; point
+    estimate, dashed) on the left, each level's AUC on the right."""
+    plt = pyplot()
+
+    n = len(per_generation)
+    fig, axes = plt.subplots(n, 2, figsize=(9, 3.4 * n), squeeze=False)
+    for (name, g), (ax_eps, ax_auc) in zip(per_generation.items(), axes, strict=True):
+        t = np.arange(1, g["generations"] + 1)
+        ax_eps.plot(t, g["accounted_epsilon"], color="black", lw=2, label="accounted epsilon(t)")
+        for i, (level, rows) in enumerate(g["levels"].items()):
+            color = f"C{i}"
+            ax_eps.plot(t, [r["epsilon_lower"] for r in rows], color=color, marker="o", ms=3,
+                        label=f"{level}: 95% lower bound")
+            ax_eps.plot(t, [r["epsilon_point"] for r in rows], color=color, ls="--", lw=1, alpha=0.7)
+            ax_auc.plot(t, [r["auc"] for r in rows], color=color, marker="o", ms=3, label=level)
+        ax_eps.set_title(f"{name}: epsilon after generation t (dashed: point estimates)", fontsize=8)
+        ax_eps.set_xlabel("generation t")
+        ax_eps.set_ylabel("epsilon")
+        ax_eps.set_ylim(bottom=0)
+        ax_eps.legend(fontsize=6)
+        ax_auc.axhline(0.5, color="gray", ls=":", lw=1)
+        ax_auc.set_title(f"{name}: attack AUC after generation t", fontsize=8)
+        ax_auc.set_xlabel("generation t")
+        ax_auc.set_ylabel("AUC")
+        ax_auc.legend(fontsize=6)
     save_figure(fig, path)

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from privevo.pipelines.audit.config import AuditConfig
 from privevo.pipelines.audit.data import AuditData, paradigm_runs, prepare_data
+from privevo.pipelines.audit.generations import generations_report
 from privevo.pipelines.audit.levels import mechanism_llr
 from privevo.pipelines.audit.lira import lira_offline, lira_online
 from privevo.pipelines.audit.metrics import (
@@ -46,7 +47,7 @@ from privevo.pipelines.audit.metrics import (
     tpr_at_fpr,
 )
 from privevo.pipelines.audit.paradigms import AuditParadigm, audit_paradigm
-from privevo.pipelines.audit.plots import plot_roc, plot_tradeoff, plot_vulnerable
+from privevo.pipelines.audit.plots import plot_generations, plot_roc, plot_tradeoff, plot_vulnerable
 from privevo.pipelines.audit.rmia import rmia_offline, rmia_online
 from privevo.pipelines.files import write_json_atomic
 
@@ -295,7 +296,7 @@ def reduce_audit(config: AuditConfig, out_dir: Path, data: AuditData | None = No
     paradigms: dict[str, dict[str, Any]] = {}
     extra_rows: dict[str, dict[str, Any]] = {}
     extra_plots: dict[str, dict[str, Any]] = {}
-    tables, seeds = [], {}
+    tables, seeds, per_generation = [], {}, {}
     for index, paradigm in enumerate(config.paradigms):
         name = paradigm.key
         n_runs = paradigm_runs(config, paradigm)
@@ -376,6 +377,8 @@ def reduce_audit(config: AuditConfig, out_dir: Path, data: AuditData | None = No
                                if row["paradigm"] == name})
             entry["strongest_attack"] = strongest_attack(candidates)
         tables.append(_score_table(name, levels, membership))
+        if paradigm.per_generation:  # the same audit after every generation t (``generations``)
+            per_generation[name] = generations_report(got, config.delta, config.seed)
     table = pa.concat_tables(tables)
     pq.write_table(table, out_dir / "scores.parquet")
     write_json_atomic(out_dir / "seeds.json", {
@@ -386,6 +389,8 @@ def reduce_audit(config: AuditConfig, out_dir: Path, data: AuditData | None = No
     })
     plot_roc({**paradigms, **extra_plots, **extra_rows}, out_dir / "roc.png")
     plot_tradeoff(paradigms, out_dir / "tradeoff.png")
+    if per_generation:
+        plot_generations(per_generation, out_dir / "generations.png")
     plot_vulnerable(paradigms, data.samples(data.canary_x) / data.max_value, data.canary_y, data.true_y,
                     out_dir / "private" / "vulnerable.png", data.class_names)
     return {
@@ -408,6 +413,7 @@ def reduce_audit(config: AuditConfig, out_dir: Path, data: AuditData | None = No
                   "usual approximation; the mechanism level's observations are independent trials.",
         "paradigms": {k: _public(v) for k, v in paradigms.items()},
         "levels": {k: _public(v) for k, v in extra_rows.items()},
+        **({"generations": per_generation} if per_generation else {}),
         "vulnerable_canaries_image": "private/vulnerable.png (private: canary images with true labels)",
         "private_data_on_disk": str(out_dir / "private"),
     }
