@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,7 @@ def crossings(comparisons: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Where the accuracy curves cross: consecutive epsilons whose accuracy differences (PE minus
     DP-SGD) change sign, with the epsilon of the crossing by linear interpolation in log epsilon."""
     out = []
-    for a, b in zip(comparisons, comparisons[1:]):
+    for a, b in pairwise(comparisons):
         da, db = a["accuracy_difference"], b["accuracy_difference"]
         if da == 0 or np.sign(da) == np.sign(db):
             continue
@@ -164,8 +165,9 @@ def frontier_table(report: dict[str, Any], reference: dict[str, Any] | None, *, 
 
 def markdown_table(table: dict[str, Any]) -> str:
     """The frontier as a Markdown table (the README's)."""
-    lines = ["| paradigm | target epsilon | test accuracy (95% CI) | TPR @ 0.1% FPR (95% CI) "
-             "| empirical epsilon: 95% lower bound / point | report |", "|---|---|---|---|---|---|"]
+    head = ("| paradigm | target epsilon | test accuracy (95% CI) | TPR @ 0.1% FPR (95% CI) "
+            "| empirical epsilon: 95% lower bound / point | report |")
+    lines = [head, "|---|---|---|---|---|---|"]
     rows = [r for f in FAMILIES for r in table["curves"][f]] + list(table["points"].values())
     for r in rows:
         eps = "none" if r["epsilon"] is None else f"{r['epsilon']:g}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from privevo.pipelines.audit.plots import plot_frontier, plot_tradeoff
 from scipy import stats
 
 from benchmarks.audit_frontier import (
@@ -14,7 +15,6 @@ from benchmarks.audit_frontier import (
     frontier_table,
     markdown_table,
 )
-from privevo.pipelines.audit.plots import plot_frontier, plot_tradeoff
 
 
 def _entry(kind: str, accuracies: np.ndarray, tpr: float, eps: float | None, **extra) -> dict:
