@@ -1,10 +1,11 @@
 """The privacy-utility frontier of PE and DP-SGD on digits, with the non-DP paradigms as points.
 
-    python -m benchmarks.audit_frontier [--skip-audit] [--out DIR] [--reference REPORT]
+    python -m benchmarks.audit_frontier [--runs R] [--skip-audit] [--out DIR] [--reference REPORT]
 
 1. runs ``privevo audit configs/audit-frontier.yaml --out benchmarks/results/audit-frontier``
    (resumable: run the same command again and finished chunks are kept; ``--skip-audit`` only
-   rebuilds the table from the report there);
+   rebuilds the table from the report there; ``--runs R`` audits the first R runs of each
+   paradigm, and a later call with more runs adds runs to the same audit);
 2. builds the frontier table ``benchmarks/results/audit_frontier.json``: per DP family (``pe``,
    ``dpsgd``) one row per target epsilon in ``EPSILONS`` (a missing epsilon is listed under
    ``missing``, never dropped silently), plain training and the non-DP paradigms of the digits
@@ -180,14 +181,15 @@ def markdown_table(table: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_frontier_audit(config: Path, out: Path) -> float:
-    """``privevo audit CONFIG --out OUT`` (resumes what exists); its wall seconds."""
+def run_frontier_audit(config: Path, out: Path, runs: int | None = None) -> float:
+    """``privevo audit CONFIG --out OUT [--set runs=R]`` (resumes what exists); its wall seconds."""
     from privevo.pipelines.cli import main
 
+    command = ["audit", str(config), "--out", str(out)] + ([] if runs is None else ["--set", f"runs={runs}"])
     start = time.perf_counter()
-    code = main(["audit", str(config), "--out", str(out)])
+    code = main(command)
     if code != 0:
-        raise SystemExit(f"privevo audit {config} --out {out} failed with exit code {code}")
+        raise SystemExit(f"privevo {' '.join(command)} failed with exit code {code}")
     return time.perf_counter() - start
 
 
@@ -202,10 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=AUDIT_DIR, help="the audit directory (resumed)")
     parser.add_argument("--reference", type=Path, default=REFERENCE, help="report of the non-DP paradigms")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--runs", type=int, help="runs per paradigm (default: the config's)")
     parser.add_argument("--skip-audit", action="store_true", help="only rebuild the table from the report")
     args = parser.parse_args(argv)
 
-    wall = None if args.skip_audit else run_frontier_audit(args.config, args.out)
+    wall = None if args.skip_audit else run_frontier_audit(args.config, args.out, args.runs)
     report_path = args.out / "report.json"
     if not report_path.exists():
         raise SystemExit(f"{report_path}: no audit report (run without --skip-audit first)")
@@ -221,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                            reference_source=relative(args.reference) if reference is not None else None)
     plot_frontier({f: table["curves"][f] for f in FAMILIES}, table["points"], args.results / "audit_frontier.png")
     payload = {
-        "command": "python -m benchmarks.audit_frontier" + (" --skip-audit" if args.skip_audit else ""),
+        "command": "python -m benchmarks.audit_frontier" + ("" if args.runs is None else f" --runs {args.runs}")
+                   + (" --skip-audit" if args.skip_audit else ""),
         "config": relative(args.config),
         "audit_wall_seconds_this_call": wall,
         "audit_timing": report.get("timing"),
