@@ -14,7 +14,7 @@ import numpy as np
 
 from privevo.pipelines.figures import pyplot, save_figure
 
-__all__ = ["plot_generations", "plot_roc", "plot_tradeoff", "plot_vulnerable"]
+__all__ = ["plot_frontier", "plot_generations", "plot_roc", "plot_tradeoff", "plot_vulnerable"]
 
 
 def plot_vulnerable(paradigms: dict[str, Any], images: np.ndarray, canary_y: np.ndarray, true_y: np.ndarray,
@@ -66,14 +66,18 @@ def plot_roc(paradigms: dict[str, Any], path: Path) -> None:
 
 
 def plot_tradeoff(paradigms: dict[str, Any], path: Path) -> None:
-    """Each paradigm on the plane of test accuracy against TPR at 0.1% FPR."""
+    """Each paradigm on the plane of test accuracy against TPR at 0.1% FPR, with its intervals
+    where the report has them: the bootstrap interval of the TPR, and the spread of the accuracy
+    over runs (one standard deviation)."""
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(4.5, 3.5))
     for name, p in paradigms.items():
-        ax.scatter(p["tpr_at_0.1pct_fpr"], p["accuracy"], s=30)
-        ax.annotate(name, (p["tpr_at_0.1pct_fpr"], p["accuracy"]), fontsize=7, xytext=(4, 2),
-                    textcoords="offset points")
+        x, y = p["tpr_at_0.1pct_fpr"], p["accuracy"]
+        ci = p.get("tpr_at_0.1pct_fpr_ci")
+        xerr = None if ci is None else [[max(x - ci[0], 0.0)], [max(ci[1] - x, 0.0)]]
+        ax.errorbar(x, y, xerr=xerr, yerr=p.get("accuracy_std"), fmt="o", ms=4, capsize=2, lw=0.8)
+        ax.annotate(name, (x, y), fontsize=7, xytext=(4, 2), textcoords="offset points")
     ax.set_xlabel("TPR at 0.1% FPR (privacy leakage)")
     ax.set_ylabel("test accuracy (utility)")
     save_figure(fig, path)
@@ -106,4 +110,58 @@ def plot_generations(per_generation: dict[str, Any], path: Path) -> None:
         ax_auc.set_xlabel("generation t")
         ax_auc.set_ylabel("AUC")
         ax_auc.legend(fontsize=6)
+
+
+def _interval_errors(value: float, interval: list[float] | tuple[float, float] | None) -> list[list[float]] | None:
+    """An interval around ``value`` as matplotlib's asymmetric error bar ([[below], [above]])."""
+    if interval is None:
+        return None
+    return [[max(value - interval[0], 0.0)], [max(interval[1] - value, 0.0)]]
+
+
+def plot_frontier(curves: dict[str, list[dict[str, Any]]], points: dict[str, dict[str, Any]], path: Path) -> None:
+    """The privacy-utility frontier, two panels: test accuracy against TPR at 0.1% FPR, and
+    against the empirical epsilon.
+
+    ``curves``: per DP family (e.g. ``pe``, ``dpsgd``) its rows in order of target epsilon;
+    ``points``: one row per paradigm without a guarantee. A row has ``accuracy`` and
+    ``accuracy_ci`` (an interval over runs), ``tpr_at_0.1pct_fpr`` and its bootstrap interval
+    ``tpr_at_0.1pct_fpr_ci``, ``epsilon_point`` and ``epsilon_lower`` (the 95% lower bound; drawn
+    as a one-sided bar from the point estimate down to it), and for a curve ``epsilon`` (its
+    target, written beside the marker). The TPR axis is symmetric-log so 0 and 1 both show."""
+    plt = pyplot()
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    panels = (("tpr_at_0.1pct_fpr", "TPR at 0.1% FPR (bootstrap 95% interval)"),
+              ("epsilon_point", "empirical epsilon (point; bar down to the 95% lower bound)"))
+    series = [(name, rows, True) for name, rows in curves.items()] + [
+        (name, [row], False) for name, row in points.items()]
+    for ax, (key, label) in zip(axes, panels):
+        for i, (name, rows, is_curve) in enumerate(series):
+            rows = [r for r in rows if r.get(key) is not None]
+            if not rows:
+                continue
+            color = f"C{i % 10}"
+            xs = [r[key] for r in rows]
+            ys = [r["accuracy"] for r in rows]
+            if is_curve:
+                ax.plot(xs, ys, "-", color=color, lw=1.2, label=name)
+            for r, x, y in zip(rows, xs, ys):
+                if key == "epsilon_point":
+                    low = r.get("epsilon_lower")
+                    xerr = None if low is None else [[max(x - low, 0.0)], [0.0]]
+                else:
+                    xerr = _interval_errors(x, r.get("tpr_at_0.1pct_fpr_ci"))
+                ax.errorbar(x, y, xerr=xerr, yerr=_interval_errors(y, r.get("accuracy_ci")), color=color,
+                            fmt="o" if is_curve else "s", ms=4, capsize=2, lw=0.8,
+                            label=None if is_curve else name)
+                if is_curve and r.get("epsilon") is not None:
+                    ax.annotate(f"{r['epsilon']:g}", (x, y), fontsize=7, color=color, xytext=(3, 3),
+                                textcoords="offset points")
+        ax.set_xlabel(label)
+        if key == "tpr_at_0.1pct_fpr":
+            ax.set_xscale("symlog", linthresh=0.01)
+            ax.set_xlim(-0.001, 1.2)
+    axes[0].set_ylabel("test accuracy (95% interval over runs)")
+    axes[1].legend(fontsize=7, loc="best")
     save_figure(fig, path)
