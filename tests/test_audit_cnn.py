@@ -308,3 +308,22 @@ def test_every_plugin_paradigm_takes_a_cnn(name, options):
     model = PARADIGMS[name].train(x, y, w, x, y, spec, [1, 2], options, 3)
     assert model.params["convs.0.weight"].shape == (2, 4, 1, 3, 3)
     assert model.logits(x[:4]).shape == (2, 4, 3)
+
+
+def test_an_audit_stored_before_training_arch_existed_resumes(tmp_path):
+    """A stored config without ``training.arch`` (an MLP audit written before the field) is the
+    same audit as today's MLP config; a CNN config is not."""
+    import yaml
+
+    from privevo.pipelines.audit.schedule import check_resume
+
+    config = AuditConfig.model_validate({**cnn_config({"kind": "digits"}), "training": {"hidden": [16]}})
+    out = tmp_path / "audit"
+    out.mkdir()
+    stored = config.model_dump(mode="json")
+    stored["training"] = {k: v for k, v in stored["training"].items() if k not in ("arch", "channels")}
+    (out / "config.yaml").write_text(yaml.safe_dump(stored))
+    check_resume(config, out, "test")
+    cnn = AuditConfig.model_validate({**cnn_config({"kind": "digits"}), "training": {"hidden": [16], "arch": "cnn"}})
+    with pytest.raises(ConfigError, match=r"training\.arch: differs from the audit stored"):
+        check_resume(cnn, out, "test")
