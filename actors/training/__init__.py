@@ -16,6 +16,7 @@ Modules, one job each:
 
 * ``seeding``: the per-run, per-purpose random generators;
 * ``models``: ``TrainSpec``, the architectures (MLP, CNN), their meta-device templates and init;
+* ``device``: the device a spec trains on, and the one a Ray task holds;
 * ``augment``: random shifts and flips of image batches, and LiRA's query set;
 * ``batched``: the R runs stacked (inputs checked, parameters initialised), the stacked
   optimizer with per-run freezing, and ``BatchedModel``, the trained result;

@@ -49,5 +49,7 @@ def draw_shifts(g: torch.Generator, count: int, spec: TrainSpec) -> torch.Tensor
 
 
 def apply_shifts(xb: torch.Tensor, spec: TrainSpec, draws: torch.Tensor) -> torch.Tensor:
-    """xb (N, C, H, W) shifted (and flipped when ``spec.flip``) by ``draws`` (N, 3)."""
+    """xb (N, C, H, W) shifted (and flipped when ``spec.flip``) by ``draws`` (N, 3), on xb's
+    device."""
+    draws = draws.to(xb.device)
     return shift_images(xb, draws[:, 0], draws[:, 1], draws[:, 2].bool() if spec.flip else None)

@@ -19,6 +19,7 @@ from torch.func import functional_call, vmap
 
 from privevo.actors.threads import torch_threads
 from privevo.actors.training.augment import shift_images, shift_queries
+from privevo.actors.training.device import training_device
 from privevo.actors.training.models import TrainSpec, build_template, example_shape, init_params
 
 __all__ = ["BatchedModel", "RunBatch", "StackedOptimizer", "prepare_runs"]
@@ -31,7 +32,7 @@ __all__ = ["BatchedModel", "RunBatch", "StackedOptimizer", "prepare_runs"]
 @dataclass
 class RunBatch:
     """What training R runs together starts from: the shared examples, each run's included
-    rows, the template and the stacked initial parameters."""
+    rows, the template and the stacked initial parameters (tensors on ``device``)."""
 
     x: torch.Tensor  # (n, *input_shape)
     y: torch.Tensor  # (n,) int64 labels, or (n, n_classes) float32 probabilities
@@ -40,13 +41,15 @@ class RunBatch:
     template: nn.Module
     params: dict[str, torch.Tensor]  # (R, ...) each
     is_image: bool
+    device: torch.device = torch.device("cpu")
 
 
 def prepare_runs(
     x: np.ndarray, y: np.ndarray, weights: np.ndarray, spec: TrainSpec, seeds: Sequence[int], n_classes: int
 ) -> RunBatch:
     """Check the inputs (errors name the argument and what was expected) and initialise run r
-    from ``seeds[r]``. ``y`` is (n,) int labels, or (n, n_classes) class probabilities."""
+    from ``seeds[r]`` (drawn on the CPU, then moved to ``spec.device`` with the examples).
+    ``y`` is (n,) int labels, or (n, n_classes) class probabilities."""
     x = np.asarray(x)
     y = np.asarray(y)
     weights = np.asarray(weights)
@@ -74,12 +77,13 @@ def prepare_runs(
     is_image = len(shape) == 3
     if spec.augment and not is_image:
         raise ValueError(f"TrainSpec.augment: needs image inputs, got examples of shape {x.shape[1:]}")
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).reshape(n, *shape)
+    device = training_device(spec)
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).reshape(n, *shape).to(device)
     template = build_template(spec, shape, n_classes)
     per_run = [init_params(template, s) for s in seeds]
-    params = {k: torch.stack([p[k] for p in per_run]) for k in per_run[0]}
-    yt = torch.from_numpy(y.astype(np.float32 if soft else np.int64))
-    return RunBatch(xt, yt, included, shape, template, params, is_image)
+    params = {k: torch.stack([p[k] for p in per_run]).to(device) for k in per_run[0]}
+    yt = torch.from_numpy(y.astype(np.float32 if soft else np.int64)).to(device)
+    return RunBatch(xt, yt, included, shape, template, params, is_image, device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,7 +144,8 @@ class StackedOptimizer:
 class BatchedModel:
     """R trained classifiers of one architecture, parameters stacked along axis 0.
 
-    Picklable (a Ray task may return it). ``params`` maps parameter names to (R, ...) tensors.
+    Picklable (a Ray task may return it). ``params`` maps parameter names to (R, ...) tensors,
+    kept on the CPU; forward passes run on ``spec.device`` (results come back as numpy).
     """
 
     spec: TrainSpec
@@ -150,6 +155,9 @@ class BatchedModel:
     seeds: list[int]
     threads: int | None = None
     info: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.params = {k: v.detach().cpu() for k, v in self.params.items()}
 
     @property
     def n_runs(self) -> int:
@@ -166,10 +174,13 @@ class BatchedModel:
         return [(0, 0, False)]
 
     def _forward(self, xb: torch.Tensor) -> torch.Tensor:
-        """(n, *input_shape) -> (R, n, n_classes), every run on the same inputs."""
+        """(n, *input_shape) -> (R, n, n_classes) on the CPU, every run on the same inputs,
+        computed on ``spec.device``."""
         module = build_template(self.spec, self.input_shape, self.n_classes)
-        params = {k: v.to(xb.device) for k, v in self.params.items()}
-        return vmap(lambda p, xx: functional_call(module, p, (xx,)), in_dims=(0, None))(params, xb)
+        device = training_device(self.spec)
+        params = {k: v.to(device) for k, v in self.params.items()}
+        out = vmap(lambda p, xx: functional_call(module, p, (xx,)), in_dims=(0, None))(params, xb.to(device))
+        return out.cpu()
 
     def _inputs(self, x: np.ndarray) -> torch.Tensor:
         x = np.asarray(x, dtype=np.float32)

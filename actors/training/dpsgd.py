@@ -2,7 +2,7 @@
 
 Each step, run r Poisson-samples each of its included examples with probability ``sample_rate``
 (its lot), computes every sampled example's gradient (``vmap(grad(...))`` inside the vmap over
-runs, or the ghost-norm trick for MLPs), clips it to ``max_grad_norm``, sums, adds Gaussian noise
+runs, or from one batched backward pass: ``clipped_grad_sum``), clips it to ``max_grad_norm``, sums, adds Gaussian noise
 of std ``noise_multiplier * max_grad_norm``, divides by the expected lot size and steps its
 optimizer; then its accountant records the step (``accounting``). The step reads as opacus'
 ``DPOptimizer.pre_step``: clip and accumulate, add noise, scale, step, then the accountant.
@@ -32,7 +32,7 @@ from privevo.actors.training.batched import (
     StackedOptimizer,
     prepare_runs,
 )
-from privevo.actors.training.models import MLP, TrainSpec, functional_model
+from privevo.actors.training.models import CNN, MLP, TrainSpec, functional_model
 from privevo.actors.training.seeding import AUGMENT, NOISE, SAMPLE, derived_generator
 
 __all__ = [
@@ -108,19 +108,29 @@ def clipped_grad_sum(
     exactly nothing). Returns the sums (R, ...) and the per-example norms before clipping (R, B).
 
     "vmap": per-example gradients by ``torch.func`` (``per_example_grads``), computed for a few
-    runs at a time so that at most ``max_elements`` gradient entries exist at once. "ghost" (MLPs
-    only): the same numbers without materialising per-example gradients: a linear layer's
+    runs at a time so that at most ``max_elements`` gradient entries exist at once. "ghost" (the
+    MLP and CNN): the same numbers from one batched forward and backward pass: a linear layer's
     per-example weight gradient is the outer product of its output gradient and its input, so its
     norm is the product of their norms, and the clipped sum is one weighted matmul (Goodfellow's
-    trick; "ghost clipping" in opacus). "auto": ghost for MLPs, vmap otherwise.
+    trick; "ghost clipping" in opacus); a convolution's is its output gradient times its unfolded
+    input (opacus' grad sampler for conv layers), formed for a few runs at a time so that at most
+    ``max_elements`` unfolded entries exist at once. "auto": ghost for the MLP and CNN.
     """
     if method == "auto":
-        method = "ghost" if isinstance(template, MLP) else "vmap"
+        method = "ghost" if isinstance(template, (MLP, CNN)) else "vmap"
     sampled = sampled.to(torch.float32)
     if method == "ghost":
-        if not isinstance(template, MLP):
-            raise ValueError("clipped_grad_sum: method 'ghost' supports the MLP only")
-        return _ghost_clipped_sum(template, params, xb, yb, sampled, max_grad_norm)
+        if not isinstance(template, (MLP, CNN)):
+            raise ValueError("clipped_grad_sum: method 'ghost' supports the MLP and CNN only")
+        r, b = yb.shape
+        # a CNN forms its conv layers' unfolded inputs: a few runs at a time, max_elements at most
+        per_run = b * max((c * h * w * 9 for c, h, w in _conv_maps(template, xb)), default=0)
+        chunk = max(1, min(r, max_elements // max(1, per_run)))
+        parts = [_ghost_clipped_sum(template, {k: v[i:i + chunk] for k, v in params.items()}, xb[i:i + chunk],
+                                    yb[i:i + chunk], sampled[i:i + chunk], max_grad_norm) for i in range(0, r, chunk)]
+        if len(parts) == 1:
+            return parts[0]
+        return {k: torch.cat([p[0][k] for p in parts]) for k in params}, torch.cat([p[1] for p in parts])
     if method != "vmap":
         raise ValueError(f"clipped_grad_sum: method must be auto, vmap or ghost, got {method!r}")
     r, b = yb.shape
@@ -140,18 +150,51 @@ def clipped_grad_sum(
     return {k: torch.cat(v) for k, v in sums.items()}, torch.cat(norms)
 
 
+def _conv_maps(template: nn.Module, xb: torch.Tensor) -> list[tuple[int, int, int]]:
+    """Shapes (C, H, W) of each conv layer's input for inputs xb (R, B, C, H, W) (none: MLP)."""
+    if not isinstance(template, CNN):
+        return []
+    c, h, w = xb.shape[2:]
+    shapes = []
+    for conv in template.convs:
+        shapes.append((int(c), int(h), int(w)))
+        c, h, w = conv.out_channels, h // 2, w // 2
+    return shapes
+
+
 def _ghost_clipped_sum(
-    template: MLP,
+    template: MLP | CNN,
     params: dict[str, torch.Tensor],
     xb: torch.Tensor,
     yb: torch.Tensor,
     sampled: torch.Tensor,
     max_grad_norm: float,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    names = [f"layers.{i}" for i in range(len(template.layers))] + ["out"]
-    a = xb.flatten(2)  # (R, B, d)
-    inputs, outputs = [], []
+    """Clip and accumulate from one batched forward and backward pass: each layer's output
+    gradient ``delta`` per example, then per-example norms layer by layer. A convolution's
+    per-example weight gradient is ``delta`` (out, H*W) times the unfolded input (C*9, H*W)
+    transposed, small enough to form; a linear layer's is the outer product of ``delta`` and its
+    input, whose norm is the product of theirs (never formed)."""
+    convs = list(template.convs) if isinstance(template, CNN) else []
+    mlp = template.head if isinstance(template, CNN) else template
+    head = "head." if isinstance(template, CNN) else ""
+    names = [f"{head}layers.{i}" for i in range(len(mlp.layers))] + [f"{head}out"]
+    r, b = yb.shape
+    conv_inputs, conv_outputs, inputs, outputs = [], [], [], []
     with torch.enable_grad():
+        a = xb  # (R, B, C, H, W) for a CNN
+        for j in range(len(convs)):
+            w, bias = params[f"convs.{j}.weight"].detach(), params[f"convs.{j}.bias"].detach()
+            _, _, c, h, wd = a.shape
+            out_c = w.shape[1]
+            # the R runs' convolutions as one grouped convolution over (B, R * C, H, W)
+            z = F.conv2d(a.transpose(0, 1).reshape(b, r * c, h, wd), w.reshape(r * out_c, c, 3, 3),
+                         bias.reshape(r * out_c), padding=1, groups=r)
+            z = z.view(b, r, out_c, h, wd).transpose(0, 1).requires_grad_(True)
+            conv_inputs.append(a.detach())
+            conv_outputs.append(z)
+            a = F.max_pool2d(F.relu(z).flatten(0, 1), 2).view(r, b, out_c, h // 2, wd // 2)
+        a = a.flatten(2)  # (R, B, d)
         for j, name in enumerate(names):
             w, bias = params[f"{name}.weight"].detach(), params[f"{name}.bias"].detach()
             z = torch.baddbmm(bias.unsqueeze(1), a, w.transpose(1, 2)).requires_grad_(True)
@@ -160,14 +203,26 @@ def _ghost_clipped_sum(
             a = F.relu(z) if j < len(names) - 1 else z
         # each example's loss depends on its own row only: the gradient of the sum is per example
         loss = F.cross_entropy(a.flatten(0, 1), yb.flatten(), reduction="sum")
-        deltas = torch.autograd.grad(loss, outputs)
+        grads = torch.autograd.grad(loss, conv_outputs + outputs)
+    conv_deltas, deltas = grads[: len(convs)], grads[len(convs):]
     sq = torch.zeros(yb.shape, dtype=torch.float32, device=yb.device)
+    conv_grads = []
+    for inp, d in zip(conv_inputs, conv_deltas):
+        _, _, c, h, wd = inp.shape
+        unfolded = F.unfold(inp.flatten(0, 1), 3, padding=1)  # (R * B, C * 9, H * W)
+        dw = torch.bmm(d.flatten(0, 1).flatten(2), unfolded.transpose(1, 2)).view(r, b, -1, c, 3, 3)
+        db = d.sum((-2, -1))  # (R, B, out)
+        conv_grads.append((dw, db))
+        sq = sq + dw.flatten(2).pow(2).sum(-1) + db.pow(2).sum(-1)
     for inp, d in zip(inputs, deltas):
         dsq = d.pow(2).sum(-1)
         sq = sq + dsq * inp.pow(2).sum(-1) + dsq  # weight, bias
     norms = sq.sqrt()
     c = _clip_factor(norms, max_grad_norm) * sampled
     sums = {}
+    for j, (dw, db) in enumerate(conv_grads):
+        sums[f"convs.{j}.weight"] = _weighted_sum(c, dw)
+        sums[f"convs.{j}.bias"] = _weighted_sum(c, db)
     for name, inp, d in zip(names, inputs, deltas):
         cd = d * c.unsqueeze(-1)
         sums[f"{name}.weight"] = torch.bmm(cd.transpose(1, 2), inp)
@@ -233,6 +288,7 @@ class Lot:
         """The lots of the given runs only (the same object when that is every run)."""
         if len(runs) == len(self.x):
             return self
+        runs = runs.to(self.x.device)
         return Lot(self.x[runs], self.y[runs], self.sampled[runs])
 
 
@@ -265,17 +321,17 @@ def poisson_lot(
         sampled[k, : len(c)] = 1.0
         if spec.augment and len(c):
             aug[k, : len(c)] = draw_shifts(augment_generators[k], len(c), spec)
-    idx_t = torch.from_numpy(idx)
+    idx_t = torch.from_numpy(idx).to(batch.device)
     xb = batch.x[idx_t]
     if spec.augment:
         xb = apply_shifts(xb.flatten(0, 1), spec, aug.flatten(0, 1)).view_as(xb)
-    return Lot(xb, batch.y[idx_t], torch.from_numpy(sampled))
+    return Lot(xb, batch.y[idx_t], torch.from_numpy(sampled).to(batch.device))
 
 
 def _of_runs(params: dict[str, torch.Tensor], runs: torch.Tensor) -> dict[str, torch.Tensor]:
     if len(runs) == len(next(iter(params.values()))):
         return params
-    return {k: v[runs] for k, v in params.items()}
+    return {k: v[runs.to(v.device)] for k, v in params.items()}
 
 
 def _to_all_runs(
@@ -284,7 +340,7 @@ def _to_all_runs(
     """Gradients of the given runs placed in (R, ...) tensors, zero for the other runs."""
     if len(runs) == len(next(iter(params.values()))):
         return grads
-    return {k: torch.zeros_like(v).index_copy_(0, runs, grads[k]) for k, v in params.items()}
+    return {k: torch.zeros_like(v).index_copy_(0, runs.to(v.device), grads[k]) for k, v in params.items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -340,7 +396,7 @@ def train_batched_dpsgd(
         steps_per_run = np.array([dpsgd_steps(spec.epochs, q) for q in rates])
     else:
         steps_per_run = np.full(r, int(steps))
-    expected = torch.from_numpy((rates * n_inc).astype(np.float32))
+    expected = torch.from_numpy((rates * n_inc).astype(np.float32)).to(s.device)
     sample_g = [derived_generator(sd, SAMPLE) for sd in seeds]
     noise_g = [derived_generator(sd, NOISE) for sd in seeds]
     aug_g = [derived_generator(sd, AUGMENT) for sd in seeds]
@@ -361,9 +417,9 @@ def train_batched_dpsgd(
             # 3. add N(0, (noise_multiplier * max_grad_norm)^2 I), each run from its own generator
             noisy = add_noise(summed, noise_multiplier, max_grad_norm, [noise_g[k] for k in now.tolist()])
             # 4. scale by the expected lot size
-            grads = scale_by_expected_size(noisy, expected[now])
+            grads = scale_by_expected_size(noisy, expected[now.to(s.device)])
             # 5. the optimizer step of the active runs (the others stay frozen)
-            opt.step(params, _to_all_runs(grads, now, params), torch.from_numpy(active))
+            opt.step(params, _to_all_runs(grads, now, params), torch.from_numpy(active).to(s.device))
             # 6. the accountant's step
             for k in now.tolist():
                 accountants[k].step(noise_multiplier=noise_multiplier, sample_rate=rates[k])

@@ -48,6 +48,10 @@ class TrainSpec:
     ``[-max_shift, max_shift]`` pixels on both axes (zero fill), and flipped left-right with
     probability 1/2 when ``flip``. Images are the trailing axes of ``x``: ``(n, H, W)``,
     ``(n, C, H, W)``, or ``(n, d)`` with d a square (one channel), unless ``image_shape`` says.
+
+    ``device``: where the runs train ("cpu", "cuda", "cuda:1", ...): the inputs, parameters and
+    optimizer state live there; random draws stay on CPU generators (so a run draws the same
+    numbers on any device) and the trained parameters come back to the CPU.
     """
 
     hidden: tuple[int, ...] = (128,)
@@ -63,6 +67,7 @@ class TrainSpec:
     max_shift: int = 1
     flip: bool = False
     image_shape: tuple[int, int, int] | None = None  # (C, H, W); None: inferred from x
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str) -> None:
@@ -88,6 +93,10 @@ class TrainSpec:
             bad("channels", "one or more positive channel counts")
         if self.max_shift < 0:
             bad("max_shift", "an int >= 0")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            bad("device", 'a torch device name such as "cpu" or "cuda"')
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
         if self.image_shape is not None:

@@ -39,8 +39,8 @@ def train_batched(
     (n, n_classes) class probabilities (soft targets: the loss is their cross-entropy with the
     model's softmax, i.e. the KL divergence up to a constant, as in knowledge distillation).
     ``threads``: torch intra-op threads while training (None: leave torch's setting).
-    ``on_epoch(epoch, params)``: called after each epoch with the (R, ...) parameters (read only;
-    e.g. to count forgetting events)."""
+    ``on_epoch(epoch, params)``: called after each epoch with the (R, ...) parameters on the CPU
+    (read only; e.g. to count forgetting events). Training runs on ``spec.device``."""
     s = prepare_runs(x, y, weights, spec, seeds, n_classes)
     r = len(seeds)
     bsz = spec.batch_size
@@ -71,18 +71,18 @@ def train_batched(
                 w[k, : n_inc[k]] = 1.0
                 if spec.augment:
                     aug[k, : n_inc[k]] = draw_shifts(aug_g[k], int(n_inc[k]), spec)
-            idx_t, w_t = torch.from_numpy(idx), torch.from_numpy(w)
+            idx_t, w_t = torch.from_numpy(idx).to(s.device), torch.from_numpy(w).to(s.device)
             for step in range(n_steps):
                 sl = slice(step * bsz, (step + 1) * bsz)
                 bi = idx_t[:, sl]
                 xb = s.x[bi]  # (R, B, ...)
                 if spec.augment:
                     xb = apply_shifts(xb.flatten(0, 1), spec, aug[:, sl].flatten(0, 1)).view_as(xb)
-                active = torch.from_numpy(steps_per_run > step)
+                active = torch.from_numpy(steps_per_run > step).to(s.device)
                 grads = grad_fn(params, xb, s.y[bi], w_t[:, sl])
                 opt.step(params, grads, active)
             if on_epoch is not None:
-                on_epoch(epoch, params)
+                on_epoch(epoch, {k: v.cpu() for k, v in params.items()})
     return BatchedModel(
         spec, s.input_shape, n_classes, params, [int(v) for v in seeds], threads,
         info={"kind": "plain", "steps": steps_per_run.tolist()},

@@ -23,7 +23,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from privevo.pipelines.audit.config import AuditConfig, ParadigmConfig
-from privevo.pipelines.audit.data import AuditData, paradigm_membership, prepare_data, run_seed
+from privevo.pipelines.audit.data import (
+    AuditData,
+    describe_data,
+    image_shape,
+    paradigm_membership,
+    prepare_data,
+    run_seed,
+)
 from privevo.pipelines.files import atomic_open
 
 __all__ = [
@@ -95,7 +102,10 @@ def population_rows(seed: int, n_heldout: int, size: int = POPULATION_SIZE) -> n
 
 def train_spec(config: AuditConfig, paradigm: ParadigmConfig) -> Any:
     """The ``TrainSpec`` of a paradigm's final classifier: ``training`` with the paradigm's
-    overrides (epochs, batch size, learning rate, momentum)."""
+    overrides (epochs, batch size, learning rate, momentum), the image shape (C, H, W) from the
+    data's public description (``data.describe_data``: no record is read), and the device: a GPU
+    where the task calling this holds one (``resources.gpus_per_task``), else the CPU."""
+    from privevo.actors.training.device import task_device
     from privevo.actors.training.models import TrainSpec
 
     t = config.training
@@ -107,6 +117,8 @@ def train_spec(config: AuditConfig, paradigm: ParadigmConfig) -> Any:
     return TrainSpec(
         hidden=tuple(t.hidden), epochs=pick("epochs"), batch_size=pick("batch_size"), lr=pick("lr"),
         momentum=pick("momentum"), weight_decay=t.weight_decay, optimizer=t.optimizer, augment=t.augment,
+        arch=t.arch, channels=tuple(t.channels), image_shape=image_shape(describe_data(config).sample_shape),
+        device=task_device(config.resources.gpus_per_task),
     )
 
 

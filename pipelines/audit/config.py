@@ -52,8 +52,15 @@ class CanaryConfig(_Strict):
 
 
 class TrainingConfig(_Strict):
-    """The classifier every run trains (defaults: an MLP that memorises, as a real model would)."""
+    """The classifier every run trains (defaults: an MLP that memorises, as a real model would).
 
+    ``arch`` "mlp": the flattened sample through the ``hidden`` ReLU layers (any sample shape).
+    ``arch`` "cnn": per entry of ``channels`` a 3x3 convolution, ReLU and 2x2 max-pool, then the
+    ``hidden`` layers; for image samples only, with at most log2(min(H, W)) blocks (each halves the
+    image): ``data.check_training`` checks that against the data's public description."""
+
+    arch: Literal["mlp", "cnn"] = "mlp"
+    channels: list[int] = Field(default_factory=lambda: [16, 32], description="cnn: output channels of each conv block (mlp: unused)")
     hidden: list[int] = Field(default_factory=lambda: [128])
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -62,6 +69,14 @@ class TrainingConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     optimizer: Literal["sgd", "adam"] = "sgd"
     augment: bool = False
+
+    @model_validator(mode="after")
+    def _layers(self) -> TrainingConfig:
+        if any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden: layer widths must be positive, got {self.hidden}")
+        if self.arch == "cnn" and (not self.channels or any(c < 1 for c in self.channels)):
+            raise ValueError(f"channels: arch 'cnn' needs one or more positive channel counts, got {self.channels}")
+        return self
 
 
 class ResourcesConfig(_Strict):

@@ -39,7 +39,9 @@ from privevo.pipelines.data import (
 __all__ = [
     "AuditData",
     "describe_data",
+    "check_training",
     "has_public_set",
+    "image_shape",
     "paradigm_membership",
     "paradigm_runs",
     "pe_seed",
@@ -64,7 +66,40 @@ def describe_data(config: AuditConfig, source: str = "config") -> DatasetInfo:
         raise ConfigError(source, "data.kind", f"the audit trains image classifiers; {info.name} is {info.modality}")
     if len(info.labels) < 2:
         raise ConfigError(source, "data.class_names", "the audit needs at least 2 classes (canaries are mislabeled)")
+    check_training(config, info, source)
     return info
+
+
+def image_shape(sample_shape: tuple[int, ...]) -> tuple[int, int, int] | None:
+    """The (C, H, W) the runs see for samples of the data's ``sample_shape`` ((H, W): one channel;
+    (H, W, C): channels last), or None where the samples are not images (flat vectors, ...)."""
+    shape = tuple(int(v) for v in sample_shape)
+    if len(shape) == 2:
+        return (1, *shape)
+    if len(shape) == 3:
+        return (shape[2], shape[0], shape[1])
+    return None
+
+
+def check_training(config: AuditConfig, info: DatasetInfo, source: str = "config") -> None:
+    """Refuse a classifier that cannot take the data's samples (from the public description
+    alone): a CNN on samples that are not images, or more conv blocks than halvings of the
+    image; shift augmentation on samples that are not images. Raises ConfigError naming the field."""
+    t = config.training
+    shape = image_shape(info.sample_shape)
+    if shape is None and t.arch == "cnn":
+        raise ConfigError(source, "training.arch", f"'cnn' needs image samples ((H, W) or (H, W, C)); {info.name}'s "
+                                                   f"samples have shape {list(info.sample_shape)} (use 'mlp')")
+    if shape is None and t.augment:
+        raise ConfigError(source, "training.augment", f"shifts need image samples; {info.name}'s samples have shape "
+                                                      f"{list(info.sample_shape)}")
+    if t.arch == "cnn":
+        side = min(shape[1:])
+        fits = side.bit_length() - 1  # blocks before a 2x2 pool leaves less than one pixel
+        if len(t.channels) > fits:
+            raise ConfigError(source, "training.channels",
+                              f"{len(t.channels)} conv blocks, each halving the image, do not fit {shape[1]}x{shape[2]} "
+                              f"images (at most {fits})")
 
 
 def to_features(samples: np.ndarray, max_value: float, sample_shape: tuple[int, ...]) -> np.ndarray:

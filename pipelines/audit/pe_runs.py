@@ -86,7 +86,10 @@ def pe_config_template(config: AuditConfig, index: int, source: str = "config",
             raise ConfigError(source, f"{field}.{name}", "set by the audit (seed and data per run, "
                               f"privacy.epsilon from paradigms.{index}.epsilon, privacy.delta from delta); leave it out")
     path = Path(base_dir or ".") / paradigm.synthesize
-    raw = merge_mappings(load_config(path).model_dump(mode="json"), {"resources": {"placement_timeout_s": 86400}})
+    # The file is validated with the audit's data in place of its own data section (the audit
+    # sets each run's data; a file written for `--set data.path=...` has only a placeholder there).
+    raw = merge_mappings(load_config(path, [f"data={json.dumps(config.data)}"]).model_dump(mode="json"),
+                         {"resources": {"placement_timeout_s": 86400}})
     raw = merge_mappings(raw, overrides)
     raw = merge_mappings(raw, {"privacy": {"epsilon": paradigm.epsilon, "delta": config.delta},
                                "evaluation": {"every_generation": False}})

@@ -20,7 +20,7 @@ import yaml
 
 from privevo.pipelines.audit.canaries import paired_membership
 from privevo.pipelines.audit.chunks import train_chunk
-from privevo.pipelines.audit.config import AuditConfig
+from privevo.pipelines.audit.config import AuditConfig, TrainingConfig
 from privevo.pipelines.audit.data import AuditData, paradigm_runs, prepare_data
 from privevo.pipelines.audit.paradigms import AuditParadigm
 from privevo.pipelines.config import ConfigError, apply_overrides, config_differences
@@ -61,9 +61,14 @@ def check_resume(config: AuditConfig, out_dir: Path, source: str) -> None:
 def stored_in_current_terms(stored: Any, source: str) -> Any:
     """A stored audit config in today's field names, so an audit written before a rename resumes:
     a paradigm's ``set`` (``dotted.key=value`` strings) becomes the ``synthesize_overrides``
-    mapping those strings spell."""
+    mapping those strings spell; a ``training`` section written before ``arch`` existed trained
+    the MLP (``arch: mlp``, ``channels`` unused, at their defaults)."""
     if not isinstance(stored, dict) or not isinstance(stored.get("paradigms"), list):
         return stored
+    training = stored.get("training")
+    if isinstance(training, dict) and "arch" not in training:
+        defaults = TrainingConfig().model_dump(mode="json")
+        stored = {**stored, "training": {"arch": defaults["arch"], "channels": defaults["channels"], **training}}
     paradigms = []
     for p in stored["paradigms"]:
         if isinstance(p, dict) and "set" in p:
