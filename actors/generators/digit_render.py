@@ -26,12 +26,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scipy.interpolate import BSpline
+
 from privevo.actors.generators.digit_glyphs import FIELD_PPU, FIELD_RANGE, FIELD_SIZE
 
 WARP_GRID = 3  # nodes per side of the elastic-warp grid
 WARP_NODES = [(i, j) for i in range(WARP_GRID) for j in range(WARP_GRID)]  # (row, col)
 _WARP_X_SPAN = 0.65  # glyph units between the warp grid's centre and side columns
 _LAGRANGE_NODES = np.linspace(-1.0, 1.0, WARP_GRID)
+# The elastic field (grey formats, ``elastic`` > 0): control points every 0.6 glyph units (about
+# 6 pixels of MNIST's 20-pixel box), 7 rows over y in [-1.2, 1.2] and 6 columns over x in
+# [-0.9, 0.9] (digits are narrower than tall); a cubic B-spline between them, constant beyond.
+_ELASTIC_ORDER = 3
+_ELASTIC_AXES = {"y": (7, 1.2), "x": (6, 0.9)}  # control points, half span
+ELASTIC_SHAPE = (_ELASTIC_AXES["y"][0], _ELASTIC_AXES["x"][0])  # (rows, columns)
+ELASTIC_NODES = [(i, j) for i in range(ELASTIC_SHAPE[0]) for j in range(ELASTIC_SHAPE[1])]  # (row, col)
+_ELASTIC_KNOTS = {axis: np.r_[[-span] * _ELASTIC_ORDER, np.linspace(-span, span, count - _ELASTIC_ORDER + 1),
+                              [span] * _ELASTIC_ORDER]
+                  for axis, (count, span) in _ELASTIC_AXES.items()}
 
 
 @dataclass(frozen=True)
@@ -84,16 +96,27 @@ def _lagrange(t: np.ndarray) -> list[np.ndarray]:
     return out
 
 
+def _elastic_basis(t: np.ndarray, axis: str) -> np.ndarray:
+    """Cubic B-spline basis (..., control points) of the elastic field along ``axis`` ('x' or 'y')
+    at coordinates t (clipped to the field's span)."""
+    count, span = _ELASTIC_AXES[axis]
+    flat = np.clip(t.reshape(-1), -span, span)
+    basis = BSpline.design_matrix(flat, _ELASTIC_KNOTS[axis], _ELASTIC_ORDER).toarray()
+    return basis.reshape(*t.shape, count)
+
+
 @dataclass
 class Deformation:
-    """The forward map of n glyphs: warp, then ``amat`` (shear, stretch, rotation); and the
-    box (centre, extent; glyph units after the map) of each deformed skeleton."""
+    """The forward map of n glyphs: warp (plus the elastic field, when given), then ``amat``
+    (shear, stretch, rotation); and the box (centre, extent; glyph units after the map) of each
+    deformed skeleton."""
 
     amat: np.ndarray  # (n, 2, 2)
     ainv: np.ndarray
     warp: np.ndarray  # (n, 2, 9)
     centre: np.ndarray  # (n, 2)
     extent: np.ndarray  # (n, 2)
+    elastic: np.ndarray | None = None  # (n, 2, rows, columns) control-point displacements (x, y)
 
     def displacement(self, v: np.ndarray) -> np.ndarray:
         """Warp displacement E(v) at points v (n, m, 2) in glyph units."""
@@ -104,13 +127,18 @@ class Deformation:
             b = by[i] * bx[j]
             out[..., 0] += b * self.warp[:, 0, k, None]
             out[..., 1] += b * self.warp[:, 1, k, None]
+        if self.elastic is not None:
+            # a smooth field with local detail: the tensor-product cubic B-spline of its grid
+            ex = _elastic_basis(v[..., 0], "x")
+            ey = _elastic_basis(v[..., 1], "y")
+            out += np.einsum("nmi,nmj,naij->nma", ey, ex, self.elastic)
         return out
 
 
 def deform(atlas: Atlas, font: np.ndarray, glyph: np.ndarray, f64: dict[str, np.ndarray],
            stretch: np.ndarray | None = None) -> Deformation:
-    """The deformation of each glyph from its parameters (shear, rotation, warp_*; ``stretch``
-    widens the writing before the rotation)."""
+    """The deformation of each glyph from its parameters (shear, rotation, warp_*, and elastic_*
+    when present; ``stretch`` widens the writing before the rotation)."""
     n = len(glyph)
     theta = np.deg2rad(f64["rotation"])
     c, s = np.cos(theta), np.sin(theta)
@@ -125,7 +153,11 @@ def deform(atlas: Atlas, font: np.ndarray, glyph: np.ndarray, f64: dict[str, np.
     warp = np.stack(
         [np.stack([f64[f"warp_{axis}{i}{j}"] for i, j in WARP_NODES], -1) for axis in ("x", "y")], 1
     )  # (n, 2, 9): rows are grid rows (y), columns grid columns (x)
-    out = Deformation(amat, ainv, warp, np.zeros((n, 2)), np.zeros((n, 2)))
+    elastic = None
+    if "elastic_x00" in f64:
+        elastic = np.stack([np.stack([f64[f"elastic_{axis}{i}{j}"] for i, j in ELASTIC_NODES], -1)
+                            for axis in ("x", "y")], 1).reshape(n, 2, *ELASTIC_SHAPE)
+    out = Deformation(amat, ainv, warp, np.zeros((n, 2)), np.zeros((n, 2)), elastic)
     # Box of the deformed skeleton: u = v + E(v), solved for v by fixed point.
     u_pts = atlas.points[glyph].astype(np.float64)
     v_pts = u_pts.copy()

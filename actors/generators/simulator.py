@@ -64,6 +64,7 @@ from privevo.actors.generators.digit_glyphs import (
     resolve_font,
 )
 from privevo.actors.generators.digit_render import (
+    ELASTIC_NODES,
     WARP_NODES,
     Atlas,
     area_resize,
@@ -84,6 +85,7 @@ __all__ = [
     "PARAM_SPECS",
     "SimulatorOptions",
     "choose_format",
+    "elastic_specs",
     "default_fonts",
     "font_renders_digits",
     "param_table",
@@ -154,14 +156,27 @@ RESIZE_SPECS: tuple[ParamSpec, ...] = (
 )
 FORMAT_SPECS: dict[str, tuple[ParamSpec, ...]] = {"optdigits": PARAM_SPECS, "mnist": MNIST_SPECS,
                                                   "resize": RESIZE_SPECS}
+
+
+def elastic_specs(std: float) -> tuple[ParamSpec, ...]:
+    """The elastic field's parameters (grey formats with ``elastic: std`` > 0): a displacement per
+    control point and axis, N(0, std) clipped at 4 std, in glyph units."""
+    return tuple(
+        ParamSpec(f"elastic_{axis}{i}{j}", -4.0 * std, 4.0 * std, "normal", 0.0, std, 1.0, "glyph units",
+                  doc=f"{axis}-displacement of control point ({i},{j}) of the elastic field")
+        for axis in ("x", "y")
+        for i, j in ELASTIC_NODES
+    )
+
+
 HAND_WEIGHT = 0.8  # prior probability of a hand style when fonts are in use too
 MNIST_BOX = 20 / 28  # MNIST: a 20x20 box in a 28x28 frame
 
 
-def param_table(format: str = "optdigits") -> str:
+def param_table(format: str = "optdigits", elastic: float = 0.0) -> str:
     """The parameter table of a format (name, range, prior, variation scale, meaning) as Markdown."""
     return parametric.param_table(
-        FORMAT_SPECS[format],
+        FORMAT_SPECS[format] + (elastic_specs(elastic) if elastic > 0 else ()),
         categorical=f"hand style w.p. {HAND_WEIGHT:g}, else a font; uniform within each (0..n_fonts-1)",
     )
 
@@ -195,6 +210,8 @@ class SimulatorOptions(BaseModel, extra="forbid"):
     format: Literal["auto", "optdigits", "mnist", "resize"] = "auto"
     invert: bool = False  # dark ink on a light background
     supersample: int = Field(4, ge=1, le=8)  # grey formats: fine pixels per output pixel, per side
+    # grey formats: the prior's std (glyph units) of a fine elastic field's control points; 0: none
+    elastic: float = Field(0.0, ge=0.0, le=0.3)
 
 
 class DigitSimulator(ParametricSimulator):
@@ -221,7 +238,7 @@ class DigitSimulator(ParametricSimulator):
         simulator = cls(
             fonts=options.fonts, format=choose_format(shape) if options.format == "auto" else options.format,
             sample_shape=shape, max_value=16.0 if context is None else context.max_value,
-            invert=options.invert, supersample=options.supersample,
+            invert=options.invert, supersample=options.supersample, elastic=options.elastic,
             class_names=None if context is None else context.class_names,
         )
         simulator._load()
@@ -238,6 +255,9 @@ class DigitSimulator(ParametricSimulator):
         if fmt in ("optdigits", "mnist") and shape[0] != shape[1]:
             raise SimulatorError("generator.options.format", f"{fmt!r} draws square images; the data's are "
                                                              f"{shape[0]}x{shape[1]} (use 'resize')")
+        if fmt == "optdigits" and options.elastic > 0:
+            raise SimulatorError("generator.options.elastic", "the elastic field is for the grey formats "
+                                                              "('mnist', 'resize'); 'optdigits' takes elastic: 0")
         if fmt == "optdigits" and shape[0] > 64:
             raise SimulatorError("generator.options.format", f"'optdigits' renders a {4 * shape[0]}-pixel bitmap; "
                                                              f"at most 64x64 images (use 'mnist' or 'resize')")
@@ -258,6 +278,7 @@ class DigitSimulator(ParametricSimulator):
         invert: bool = False,
         supersample: int = 4,
         class_names: dict[int, str] | None = None,
+        elastic: float = 0.0,
     ) -> None:
         super().__init__()
         if format not in FORMATS:
@@ -269,12 +290,15 @@ class DigitSimulator(ParametricSimulator):
             raise ValueError(f"DigitSimulator: sample_shape must be (H, W) or (H, W, C), got {list(shape)}")
         if format != "resize" and shape[0] != shape[1]:
             raise ValueError(f"DigitSimulator: format {format!r} draws square images, not {list(shape)}")
+        if not 0 <= elastic <= 0.3 or (format == "optdigits" and elastic > 0):
+            raise ValueError(f"DigitSimulator: elastic must lie in [0, 0.3] (0 for 'optdigits'), got {elastic}")
         self._font_args = None if fonts is None else list(fonts)
         self.format = format
         self.sample_shape = shape
         self.max_value = float(max_value)
         self.invert = bool(invert)
         self.supersample = int(supersample)
+        self.elastic = float(elastic)
         self.image_size = shape[0]
         self.render_size = 4 * shape[0]  # optdigits: 32x32 bitmaps for 8x8 images
         if class_names is None:
@@ -335,9 +359,11 @@ class DigitSimulator(ParametricSimulator):
     # -- the parametric contract ----------------------------------------------------
 
     def param_specs(self) -> tuple[ParamSpec, ...]:
-        """The format's parameters, the font's range filled in with this simulator's fonts."""
+        """The format's parameters, the font's range filled in with this simulator's fonts, then the
+        elastic field's (``elastic`` > 0; last, so the other draws of a seed do not move)."""
         font = dataclasses.replace(_FONT, high=self.n_fonts - 1)
-        return tuple(font if s.name == "font" else s for s in FORMAT_SPECS[self.format])
+        extra = elastic_specs(self.elastic) if self.elastic > 0 else ()
+        return tuple(font if s.name == "font" else s for s in FORMAT_SPECS[self.format]) + extra
 
     def draw_choices(self, spec: ParamSpec, rng: np.random.Generator, n: int) -> np.ndarray:
         """Font indices from the prior: a hand style with probability HAND_WEIGHT (when both
