@@ -170,6 +170,16 @@ def deform(atlas: Atlas, font: np.ndarray, glyph: np.ndarray, f64: dict[str, np.
     return out
 
 
+def glyph_coordinates(d: Deformation, px_per_unit: np.ndarray, frame_centre: np.ndarray, size: int,
+                      step: int) -> np.ndarray:
+    """Glyph coordinates (n, k, 2) of the coarse grid of frame points every ``step`` pixels
+    (:func:`_coarse_nodes`): where each frame point takes its ink from."""
+    nodes = _coarse_nodes(size, step)  # (k, 2)
+    pq = (nodes[None] - frame_centre[:, None]) / px_per_unit[:, None, :] + d.centre[:, None]
+    v = pq @ d.ainv.transpose(0, 2, 1)
+    return v + d.displacement(v)
+
+
 def field_values(atlas: Atlas, glyph: np.ndarray, pen: np.ndarray, d: Deformation, px_per_unit: np.ndarray,
                  frame_centre: np.ndarray, size: int, step: int = 4) -> np.ndarray:
     """The blended distance field (glyph units) at every pixel centre of a size x size frame,
@@ -177,10 +187,7 @@ def field_values(atlas: Atlas, glyph: np.ndarray, pen: np.ndarray, d: Deformatio
     and ``frame_centre`` (n, 2) place the box centre of each deformed glyph in the frame."""
     # Glyph coordinates of a coarse grid of frame points (exact), then of every pixel centre by
     # bilinear upsampling (exact for the affine part; the warp is smooth on one coarse cell).
-    nodes = _coarse_nodes(size, step)  # (k, 2)
-    pq = (nodes[None] - frame_centre[:, None]) / px_per_unit[:, None, :] + d.centre[:, None]
-    v = pq @ d.ainv.transpose(0, 2, 1)
-    u = v + d.displacement(v)  # (n, k, 2)
+    u = glyph_coordinates(d, px_per_unit, frame_centre, size, step)  # (n, k, 2)
     up = _upsampler(size, step)  # (k, size*size)
     fx = (u[..., 0].astype(np.float32) + np.float32(FIELD_RANGE)) @ up
     fy = (u[..., 1].astype(np.float32) + np.float32(FIELD_RANGE)) @ up
@@ -267,8 +274,16 @@ def grey_images(atlas: Atlas, font: np.ndarray, glyph: np.ndarray, f64: dict[str
     frame_centre = fine / 2.0 + shift
     step = max(4, 2 * supersample)
     value = field_values(atlas, glyph, f64["pen"], d, px_per_unit, frame_centre, fine, step)
+    if "thick_x" in f64:
+        # pressure: the pen's half-width grows by a factor exp(thick . u) across the glyph
+        u = glyph_coordinates(d, px_per_unit, frame_centre, fine, step)
+        u = np.clip(u, -1.0, 1.0)  # the glyph box: no growth beyond it
+        log_gain = u[..., 0] * f64["thick_x"][:, None] + u[..., 1] * f64["thick_y"][:, None]
+        radius = (radius[:, None] * np.exp(log_gain)).astype(np.float32) @ _upsampler(fine, step)
+    else:
+        radius = radius.astype(np.float32)[:, None]
     # coverage: 1 inside the pen, 0 outside, a linear ramp one fine pixel wide across its edge
-    cover = (radius.astype(np.float32)[:, None] - value) * ppu.astype(np.float32)[:, None] + np.float32(0.5)
+    cover = (radius - value) * ppu.astype(np.float32)[:, None] + np.float32(0.5)
     np.clip(cover, 0.0, 1.0, out=cover)
     cover = cover.reshape(n, fine, fine)
     if centre_of_mass:
