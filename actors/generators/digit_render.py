@@ -2,7 +2,8 @@
 
 Every format shares the first steps (:func:`deform`, :func:`field_values`): a glyph's
 distance fields (:mod:`actors.generators.digit_glyphs`) are looked up through a smooth
-elastic warp (a 3x3 grid of displacement vectors, interpolated biquadratically), shear
+elastic warp (a 3x3 grid of displacement vectors, interpolated biquadratically; for the
+grey formats optionally a finer field, a cubic B-spline through a 7x6 grid), shear
 (italic fonts straightened first), an optional horizontal stretch and a rotation, placed
 in a frame by a scale and a centre. Each format then finishes its own way:
 
@@ -13,7 +14,8 @@ in a frame by a scale and a centre. Each format then finishes its own way:
 * :func:`grey_images` with ``centre_of_mass=True`` (MNIST, LeCun et al.): the digit is
   size-normalised, aspect ratio kept, to fit a 20x20 box, anti-aliased to grey levels
   (a supersampled pen of soft edge, area-averaged) and centred by its centre of mass in
-  a 28x28 frame (the box and frame scale together at other sizes);
+  a 28x28 frame (the box and frame scale together at other sizes); with ``thick_x`` and
+  ``thick_y`` the pen's half-width varies across the glyph box (pen pressure);
 * :func:`grey_images` with ``centre_of_mass=False`` and :func:`area_resize`: the same
   grey digit centred by its box in a square frame, then a plain (area) resize to the
   data's height and width.

@@ -9,7 +9,11 @@ the run is given (``generator.options.format``; rendering in :mod:`digit_render`
    skeleton (a pen of even width, like handwriting) and a signed distance to its
    outline (the font's own thick and thin strokes) (:mod:`digit_glyphs`);
 2. a smooth elastic warp, then shear (slant; italic fonts are straightened first),
-   a horizontal stretch (grey formats) and rotation;
+   a horizontal stretch (grey formats) and rotation; the grey formats may add finer
+   detail (options, off by default): ``elastic``, a displacement field with local
+   detail (a cubic B-spline through a 7x6 grid of control points about six MNIST pixels
+   apart, each N(0, elastic) glyph units), and ``pressure``, a pen whose width changes
+   across the digit (times exp(thick_x * x + thick_y * y), the gradient N(0, pressure));
 3. the format's normalisation and finish:
 
    * ``optdigits`` (UCI optdigits, scikit-learn's ``load_digits``): the deformed digit's
@@ -39,7 +43,9 @@ The optdigits priors were set from what is public about optdigits (the process a
 and from summary statistics of the held-out split (ink per image, slant, column
 extent), never from the private split. The MNIST priors are first guesses from MNIST's
 documented process (pen width about a seventh of the digit's height, moderate slant and
-rotation); variants of them scored on a held-out set did no better, so they stand.
+rotation); variants of them scored on a held-out set did no better, so they stand. The
+elastic and pressure scales of ``configs/digits28.yaml`` were chosen by PE runs scored on
+the held-out split (benchmarks/results/digits28.json).
 """
 
 from __future__ import annotations
