@@ -27,7 +27,6 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-
 from scipy.interpolate import BSpline
 
 from privevo.actors.generators.digit_glyphs import FIELD_PPU, FIELD_RANGE, FIELD_SIZE
