@@ -51,7 +51,7 @@ def test_off_by_default_and_the_other_draws_of_a_seed_stay_put(plain, detailed) 
     np.testing.assert_array_equal(elastic_only.render(LABELS, {k: v for k, v in flat.items() if "thick" not in k}),
                                   old.samples)
     np.testing.assert_allclose(detailed.render(LABELS, flat), old.samples, rtol=0, atol=1e-3)
-    assert _l2(new.samples, old.samples).mean() > 100  # and the drawn ones move them
+    assert _l2(new.samples, old.samples).mean() > 600  # and the drawn ones move them (about 1,300)
 
 
 def test_shape_range_dtype_and_determinism(detailed) -> None:
@@ -71,7 +71,8 @@ def test_variation_degree_still_means_distance_from_the_parent(detailed) -> None
     np.testing.assert_array_equal(detailed.variation(parents, 0.0, seed=1).samples, parents.samples)
     dist = {d: _l2(detailed.variation(parents, d, seed=1).samples, parents.samples).mean() for d in (0.05, 0.2, 0.6)}
     fresh = _l2(detailed.random(LABELS, seed=8).samples, parents.samples).mean()
-    assert dist[0.05] < 0.6 * dist[0.2] and dist[0.2] < 0.8 * dist[0.6] and dist[0.6] < fresh
+    # measured ratios about 0.4, 0.4 and 0.7
+    assert dist[0.05] < 0.5 * dist[0.2] and dist[0.2] < 0.6 * dist[0.6] and dist[0.6] < 0.85 * fresh
 
 
 def test_a_larger_elastic_prior_moves_the_ink_further(plain) -> None:
@@ -80,7 +81,7 @@ def test_a_larger_elastic_prior_moves_the_ink_further(plain) -> None:
     for std in (0.04, 0.12):
         sim = _mnist(elastic=std)
         moved[std] = _l2(sim.random(LABELS, seed=9).samples, old.samples).mean()
-    assert 0 < moved[0.04] < 0.7 * moved[0.12]
+    assert 0 < moved[0.04] < 0.6 * moved[0.12]  # about 0.45
 
 
 def test_pressure_thickens_the_pen_where_the_gradient_points() -> None:
@@ -97,7 +98,7 @@ def test_pressure_thickens_the_pen_where_the_gradient_points() -> None:
             ink[name, sign] = half.sum((1, 2)) / images.sum((1, 2))  # share of the ink in the lower (right) half
     # y points down, x right: a positive gradient makes that half heavier
     assert (ink["thick_y", 1.0] > ink["thick_y", -1.0]).mean() > 0.95
-    assert (ink["thick_x", 1.0] > ink["thick_x", -1.0]).mean() > 0.9
+    assert (ink["thick_x", 1.0] > ink["thick_x", -1.0]).mean() > 0.95
 
 
 def test_the_options_are_for_the_grey_formats_only() -> None:
