@@ -46,7 +46,9 @@ def test_the_recipe_runs_tiny_and_makes_28x28_grey_digits(tmp_path):
     config = recipe(tmp_path, "generations=1", "population.per_class=8", "population.final_per_class=6",
                     "population.shard_size=40", "resources.engine=in_process", "privacy.epsilon=10",
                     "evaluation.real_baseline=true")
-    assert config.generator.kind == "simulator" and config.generator.options == {"format": "mnist"}
+    assert config.generator.kind == "simulator"
+    assert config.generator.options == {"format": "mnist", "elastic": 0.16, "pressure": 0.25}
+    assert config.vote.k == 4
     result = synthesize(config, tmp_path / "run", insecure_noise_seed=0)
     table = pq.read_table(tmp_path / "run" / "synthetic.parquet")
     assert sorted(set(table.column("label").to_pylist())) == list(range(10))

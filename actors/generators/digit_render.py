@@ -2,7 +2,8 @@
 
 Every format shares the first steps (:func:`deform`, :func:`field_values`): a glyph's
 distance fields (:mod:`actors.generators.digit_glyphs`) are looked up through a smooth
-elastic warp (a 3x3 grid of displacement vectors, interpolated biquadratically), shear
+elastic warp (a 3x3 grid of displacement vectors, interpolated biquadratically; for the
+grey formats optionally a finer field, a cubic B-spline through a 7x6 grid), shear
 (italic fonts straightened first), an optional horizontal stretch and a rotation, placed
 in a frame by a scale and a centre. Each format then finishes its own way:
 
@@ -13,7 +14,8 @@ in a frame by a scale and a centre. Each format then finishes its own way:
 * :func:`grey_images` with ``centre_of_mass=True`` (MNIST, LeCun et al.): the digit is
   size-normalised, aspect ratio kept, to fit a 20x20 box, anti-aliased to grey levels
   (a supersampled pen of soft edge, area-averaged) and centred by its centre of mass in
-  a 28x28 frame (the box and frame scale together at other sizes);
+  a 28x28 frame (the box and frame scale together at other sizes); with ``thick_x`` and
+  ``thick_y`` the pen's half-width varies across the glyph box (pen pressure);
 * :func:`grey_images` with ``centre_of_mass=False`` and :func:`area_resize`: the same
   grey digit centred by its box in a square frame, then a plain (area) resize to the
   data's height and width.
@@ -25,6 +27,7 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.interpolate import BSpline
 
 from privevo.actors.generators.digit_glyphs import FIELD_PPU, FIELD_RANGE, FIELD_SIZE
 
@@ -32,6 +35,16 @@ WARP_GRID = 3  # nodes per side of the elastic-warp grid
 WARP_NODES = [(i, j) for i in range(WARP_GRID) for j in range(WARP_GRID)]  # (row, col)
 _WARP_X_SPAN = 0.65  # glyph units between the warp grid's centre and side columns
 _LAGRANGE_NODES = np.linspace(-1.0, 1.0, WARP_GRID)
+# The elastic field (grey formats, ``elastic`` > 0): control points every 0.6 glyph units (about
+# 6 pixels of MNIST's 20-pixel box), 7 rows over y in [-1.2, 1.2] and 6 columns over x in
+# [-0.9, 0.9] (digits are narrower than tall); a cubic B-spline between them, constant beyond.
+_ELASTIC_ORDER = 3
+_ELASTIC_AXES = {"y": (7, 1.2), "x": (6, 0.9)}  # control points, half span
+ELASTIC_SHAPE = (_ELASTIC_AXES["y"][0], _ELASTIC_AXES["x"][0])  # (rows, columns)
+ELASTIC_NODES = [(i, j) for i in range(ELASTIC_SHAPE[0]) for j in range(ELASTIC_SHAPE[1])]  # (row, col)
+_ELASTIC_KNOTS = {axis: np.r_[[-span] * _ELASTIC_ORDER, np.linspace(-span, span, count - _ELASTIC_ORDER + 1),
+                              [span] * _ELASTIC_ORDER]
+                  for axis, (count, span) in _ELASTIC_AXES.items()}
 
 
 @dataclass(frozen=True)
@@ -84,16 +97,27 @@ def _lagrange(t: np.ndarray) -> list[np.ndarray]:
     return out
 
 
+def _elastic_basis(t: np.ndarray, axis: str) -> np.ndarray:
+    """Cubic B-spline basis (..., control points) of the elastic field along ``axis`` ('x' or 'y')
+    at coordinates t (clipped to the field's span)."""
+    count, span = _ELASTIC_AXES[axis]
+    flat = np.clip(t.reshape(-1), -span, span)
+    basis = BSpline.design_matrix(flat, _ELASTIC_KNOTS[axis], _ELASTIC_ORDER).toarray()
+    return basis.reshape(*t.shape, count)
+
+
 @dataclass
 class Deformation:
-    """The forward map of n glyphs: warp, then ``amat`` (shear, stretch, rotation); and the
-    box (centre, extent; glyph units after the map) of each deformed skeleton."""
+    """The forward map of n glyphs: warp (plus the elastic field, when given), then ``amat``
+    (shear, stretch, rotation); and the box (centre, extent; glyph units after the map) of each
+    deformed skeleton."""
 
     amat: np.ndarray  # (n, 2, 2)
     ainv: np.ndarray
     warp: np.ndarray  # (n, 2, 9)
     centre: np.ndarray  # (n, 2)
     extent: np.ndarray  # (n, 2)
+    elastic: np.ndarray | None = None  # (n, 2, rows, columns) control-point displacements (x, y)
 
     def displacement(self, v: np.ndarray) -> np.ndarray:
         """Warp displacement E(v) at points v (n, m, 2) in glyph units."""
@@ -104,13 +128,18 @@ class Deformation:
             b = by[i] * bx[j]
             out[..., 0] += b * self.warp[:, 0, k, None]
             out[..., 1] += b * self.warp[:, 1, k, None]
+        if self.elastic is not None:
+            # a smooth field with local detail: the tensor-product cubic B-spline of its grid
+            ex = _elastic_basis(v[..., 0], "x")
+            ey = _elastic_basis(v[..., 1], "y")
+            out += np.einsum("nmi,nmj,naij->nma", ey, ex, self.elastic)
         return out
 
 
 def deform(atlas: Atlas, font: np.ndarray, glyph: np.ndarray, f64: dict[str, np.ndarray],
            stretch: np.ndarray | None = None) -> Deformation:
-    """The deformation of each glyph from its parameters (shear, rotation, warp_*; ``stretch``
-    widens the writing before the rotation)."""
+    """The deformation of each glyph from its parameters (shear, rotation, warp_*, and elastic_*
+    when present; ``stretch`` widens the writing before the rotation)."""
     n = len(glyph)
     theta = np.deg2rad(f64["rotation"])
     c, s = np.cos(theta), np.sin(theta)
@@ -125,7 +154,11 @@ def deform(atlas: Atlas, font: np.ndarray, glyph: np.ndarray, f64: dict[str, np.
     warp = np.stack(
         [np.stack([f64[f"warp_{axis}{i}{j}"] for i, j in WARP_NODES], -1) for axis in ("x", "y")], 1
     )  # (n, 2, 9): rows are grid rows (y), columns grid columns (x)
-    out = Deformation(amat, ainv, warp, np.zeros((n, 2)), np.zeros((n, 2)))
+    elastic = None
+    if "elastic_x00" in f64:
+        elastic = np.stack([np.stack([f64[f"elastic_{axis}{i}{j}"] for i, j in ELASTIC_NODES], -1)
+                            for axis in ("x", "y")], 1).reshape(n, 2, *ELASTIC_SHAPE)
+    out = Deformation(amat, ainv, warp, np.zeros((n, 2)), np.zeros((n, 2)), elastic)
     # Box of the deformed skeleton: u = v + E(v), solved for v by fixed point.
     u_pts = atlas.points[glyph].astype(np.float64)
     v_pts = u_pts.copy()
@@ -138,6 +171,16 @@ def deform(atlas: Atlas, font: np.ndarray, glyph: np.ndarray, f64: dict[str, np.
     return out
 
 
+def glyph_coordinates(d: Deformation, px_per_unit: np.ndarray, frame_centre: np.ndarray, size: int,
+                      step: int) -> np.ndarray:
+    """Glyph coordinates (n, k, 2) of the coarse grid of frame points every ``step`` pixels
+    (:func:`_coarse_nodes`): where each frame point takes its ink from."""
+    nodes = _coarse_nodes(size, step)  # (k, 2)
+    pq = (nodes[None] - frame_centre[:, None]) / px_per_unit[:, None, :] + d.centre[:, None]
+    v = pq @ d.ainv.transpose(0, 2, 1)
+    return v + d.displacement(v)
+
+
 def field_values(atlas: Atlas, glyph: np.ndarray, pen: np.ndarray, d: Deformation, px_per_unit: np.ndarray,
                  frame_centre: np.ndarray, size: int, step: int = 4) -> np.ndarray:
     """The blended distance field (glyph units) at every pixel centre of a size x size frame,
@@ -145,10 +188,7 @@ def field_values(atlas: Atlas, glyph: np.ndarray, pen: np.ndarray, d: Deformatio
     and ``frame_centre`` (n, 2) place the box centre of each deformed glyph in the frame."""
     # Glyph coordinates of a coarse grid of frame points (exact), then of every pixel centre by
     # bilinear upsampling (exact for the affine part; the warp is smooth on one coarse cell).
-    nodes = _coarse_nodes(size, step)  # (k, 2)
-    pq = (nodes[None] - frame_centre[:, None]) / px_per_unit[:, None, :] + d.centre[:, None]
-    v = pq @ d.ainv.transpose(0, 2, 1)
-    u = v + d.displacement(v)  # (n, k, 2)
+    u = glyph_coordinates(d, px_per_unit, frame_centre, size, step)  # (n, k, 2)
     up = _upsampler(size, step)  # (k, size*size)
     fx = (u[..., 0].astype(np.float32) + np.float32(FIELD_RANGE)) @ up
     fy = (u[..., 1].astype(np.float32) + np.float32(FIELD_RANGE)) @ up
@@ -235,8 +275,16 @@ def grey_images(atlas: Atlas, font: np.ndarray, glyph: np.ndarray, f64: dict[str
     frame_centre = fine / 2.0 + shift
     step = max(4, 2 * supersample)
     value = field_values(atlas, glyph, f64["pen"], d, px_per_unit, frame_centre, fine, step)
+    if "thick_x" in f64:
+        # pressure: the pen's half-width grows by a factor exp(thick . u) across the glyph
+        u = glyph_coordinates(d, px_per_unit, frame_centre, fine, step)
+        u = np.clip(u, -1.0, 1.0)  # the glyph box: no growth beyond it
+        log_gain = u[..., 0] * f64["thick_x"][:, None] + u[..., 1] * f64["thick_y"][:, None]
+        radius = (radius[:, None] * np.exp(log_gain)).astype(np.float32) @ _upsampler(fine, step)
+    else:
+        radius = radius.astype(np.float32)[:, None]
     # coverage: 1 inside the pen, 0 outside, a linear ramp one fine pixel wide across its edge
-    cover = (radius.astype(np.float32)[:, None] - value) * ppu.astype(np.float32)[:, None] + np.float32(0.5)
+    cover = (radius - value) * ppu.astype(np.float32)[:, None] + np.float32(0.5)
     np.clip(cover, 0.0, 1.0, out=cover)
     cover = cover.reshape(n, fine, fine)
     if centre_of_mass:

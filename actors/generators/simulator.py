@@ -9,7 +9,11 @@ the run is given (``generator.options.format``; rendering in :mod:`digit_render`
    skeleton (a pen of even width, like handwriting) and a signed distance to its
    outline (the font's own thick and thin strokes) (:mod:`digit_glyphs`);
 2. a smooth elastic warp, then shear (slant; italic fonts are straightened first),
-   a horizontal stretch (grey formats) and rotation;
+   a horizontal stretch (grey formats) and rotation; the grey formats may add finer
+   detail (options, off by default): ``elastic``, a displacement field with local
+   detail (a cubic B-spline through a 7x6 grid of control points about six MNIST pixels
+   apart, each N(0, elastic) glyph units), and ``pressure``, a pen whose width changes
+   across the digit (times exp(thick_x * x + thick_y * y), the gradient N(0, pressure));
 3. the format's normalisation and finish:
 
    * ``optdigits`` (UCI optdigits, scikit-learn's ``load_digits``): the deformed digit's
@@ -39,7 +43,9 @@ The optdigits priors were set from what is public about optdigits (the process a
 and from summary statistics of the held-out split (ink per image, slant, column
 extent), never from the private split. The MNIST priors are first guesses from MNIST's
 documented process (pen width about a seventh of the digit's height, moderate slant and
-rotation); variants of them scored on a held-out set did no better, so they stand.
+rotation); variants of them scored on a held-out set did no better, so they stand. The
+elastic and pressure scales of ``configs/digits28.yaml`` were chosen by PE runs scored on
+the held-out split (benchmarks/results/digits28.json).
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ from privevo.actors.generators.digit_glyphs import (
     resolve_font,
 )
 from privevo.actors.generators.digit_render import (
+    ELASTIC_NODES,
     WARP_NODES,
     Atlas,
     area_resize,
@@ -84,6 +91,8 @@ __all__ = [
     "PARAM_SPECS",
     "SimulatorOptions",
     "choose_format",
+    "elastic_specs",
+    "pressure_specs",
     "default_fonts",
     "font_renders_digits",
     "param_table",
@@ -154,14 +163,43 @@ RESIZE_SPECS: tuple[ParamSpec, ...] = (
 )
 FORMAT_SPECS: dict[str, tuple[ParamSpec, ...]] = {"optdigits": PARAM_SPECS, "mnist": MNIST_SPECS,
                                                   "resize": RESIZE_SPECS}
+
+
+def elastic_specs(std: float) -> tuple[ParamSpec, ...]:
+    """The elastic field's parameters (grey formats with ``elastic: std`` > 0): a displacement per
+    control point and axis, N(0, std) clipped at 4 std, in glyph units."""
+    return tuple(
+        ParamSpec(f"elastic_{axis}{i}{j}", -4.0 * std, 4.0 * std, "normal", 0.0, std, 1.0, "glyph units",
+                  doc=f"{axis}-displacement of control point ({i},{j}) of the elastic field")
+        for axis in ("x", "y")
+        for i, j in ELASTIC_NODES
+    )
+
+
+def pressure_specs(std: float) -> tuple[ParamSpec, ...]:
+    """The pen pressure's parameters (grey formats with ``pressure: std`` > 0): the gradient of the
+    log half-width of the pen across the glyph box, N(0, std) clipped at 2 std, per glyph unit."""
+    return tuple(
+        ParamSpec(f"thick_{axis}", -2.0 * std, 2.0 * std, "normal", 0.0, std, 1.0, "1/glyph unit",
+                  doc=f"the pen's half-width is multiplied by exp(thick_{axis} * {axis}) ({axis} in glyph units)")
+        for axis in ("x", "y")
+    )
+
+
+def extra_specs(elastic: float, pressure: float) -> tuple[ParamSpec, ...]:
+    """The optional parameters of the grey formats, in draw order (after the format's own)."""
+    return (elastic_specs(elastic) if elastic > 0 else ()) + (pressure_specs(pressure) if pressure > 0 else ())
+
+
 HAND_WEIGHT = 0.8  # prior probability of a hand style when fonts are in use too
 MNIST_BOX = 20 / 28  # MNIST: a 20x20 box in a 28x28 frame
 
 
-def param_table(format: str = "optdigits") -> str:
-    """The parameter table of a format (name, range, prior, variation scale, meaning) as Markdown."""
+def param_table(format: str = "optdigits", elastic: float = 0.0, pressure: float = 0.0) -> str:
+    """The parameter table of a format (name, range, prior, variation scale, meaning) as Markdown,
+    with the optional grey-format parameters when ``elastic`` or ``pressure`` is on."""
     return parametric.param_table(
-        FORMAT_SPECS[format],
+        FORMAT_SPECS[format] + extra_specs(elastic, pressure),
         categorical=f"hand style w.p. {HAND_WEIGHT:g}, else a font; uniform within each (0..n_fonts-1)",
     )
 
@@ -195,6 +233,10 @@ class SimulatorOptions(BaseModel, extra="forbid"):
     format: Literal["auto", "optdigits", "mnist", "resize"] = "auto"
     invert: bool = False  # dark ink on a light background
     supersample: int = Field(4, ge=1, le=8)  # grey formats: fine pixels per output pixel, per side
+    # grey formats: the prior's std (glyph units) of a fine elastic field's control points; 0: none
+    elastic: float = Field(0.0, ge=0.0, le=0.3)
+    # grey formats: the prior's std of the pen-width gradient (log-width per glyph unit); 0: even pen
+    pressure: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class DigitSimulator(ParametricSimulator):
@@ -221,7 +263,8 @@ class DigitSimulator(ParametricSimulator):
         simulator = cls(
             fonts=options.fonts, format=choose_format(shape) if options.format == "auto" else options.format,
             sample_shape=shape, max_value=16.0 if context is None else context.max_value,
-            invert=options.invert, supersample=options.supersample,
+            invert=options.invert, supersample=options.supersample, elastic=options.elastic,
+            pressure=options.pressure,
             class_names=None if context is None else context.class_names,
         )
         simulator._load()
@@ -238,6 +281,10 @@ class DigitSimulator(ParametricSimulator):
         if fmt in ("optdigits", "mnist") and shape[0] != shape[1]:
             raise SimulatorError("generator.options.format", f"{fmt!r} draws square images; the data's are "
                                                              f"{shape[0]}x{shape[1]} (use 'resize')")
+        for name in ("elastic", "pressure"):
+            if fmt == "optdigits" and getattr(options, name) > 0:
+                raise SimulatorError(f"generator.options.{name}", f"{name} is for the grey formats "
+                                                                  f"('mnist', 'resize'); 'optdigits' takes {name}: 0")
         if fmt == "optdigits" and shape[0] > 64:
             raise SimulatorError("generator.options.format", f"'optdigits' renders a {4 * shape[0]}-pixel bitmap; "
                                                              f"at most 64x64 images (use 'mnist' or 'resize')")
@@ -258,6 +305,8 @@ class DigitSimulator(ParametricSimulator):
         invert: bool = False,
         supersample: int = 4,
         class_names: dict[int, str] | None = None,
+        elastic: float = 0.0,
+        pressure: float = 0.0,
     ) -> None:
         super().__init__()
         if format not in FORMATS:
@@ -269,12 +318,17 @@ class DigitSimulator(ParametricSimulator):
             raise ValueError(f"DigitSimulator: sample_shape must be (H, W) or (H, W, C), got {list(shape)}")
         if format != "resize" and shape[0] != shape[1]:
             raise ValueError(f"DigitSimulator: format {format!r} draws square images, not {list(shape)}")
+        for name, value, top in (("elastic", elastic, 0.3), ("pressure", pressure, 1.0)):
+            if not 0 <= value <= top or (format == "optdigits" and value > 0):
+                raise ValueError(f"DigitSimulator: {name} must lie in [0, {top:g}] (0 for 'optdigits'), got {value}")
         self._font_args = None if fonts is None else list(fonts)
         self.format = format
         self.sample_shape = shape
         self.max_value = float(max_value)
         self.invert = bool(invert)
         self.supersample = int(supersample)
+        self.elastic = float(elastic)
+        self.pressure = float(pressure)
         self.image_size = shape[0]
         self.render_size = 4 * shape[0]  # optdigits: 32x32 bitmaps for 8x8 images
         if class_names is None:
@@ -335,9 +389,11 @@ class DigitSimulator(ParametricSimulator):
     # -- the parametric contract ----------------------------------------------------
 
     def param_specs(self) -> tuple[ParamSpec, ...]:
-        """The format's parameters, the font's range filled in with this simulator's fonts."""
+        """The format's parameters, the font's range filled in with this simulator's fonts, then the
+        optional ones (``elastic``, ``pressure`` > 0; last, so the other draws of a seed do not move)."""
         font = dataclasses.replace(_FONT, high=self.n_fonts - 1)
-        return tuple(font if s.name == "font" else s for s in FORMAT_SPECS[self.format])
+        specs = tuple(font if s.name == "font" else s for s in FORMAT_SPECS[self.format])
+        return specs + extra_specs(self.elastic, self.pressure)
 
     def draw_choices(self, spec: ParamSpec, rng: np.random.Generator, n: int) -> np.ndarray:
         """Font indices from the prior: a hand style with probability HAND_WEIGHT (when both
