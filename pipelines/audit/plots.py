@@ -110,6 +110,7 @@ def plot_generations(per_generation: dict[str, Any], path: Path) -> None:
         ax_auc.set_xlabel("generation t")
         ax_auc.set_ylabel("AUC")
         ax_auc.legend(fontsize=6)
+    save_figure(fig, path)
 
 
 def _interval_errors(value: float, interval: list[float] | tuple[float, float] | None) -> list[list[float]] | None:
