@@ -321,8 +321,14 @@ def test_group_claims_are_labelled_in_the_table():
     }}
     table = summary_table(report)
     assert "| dp | 5.10 (group privacy (4 records); 1.00 per record) |" in table
-    assert "| 1.50 | 2.00 |" in table and "[" not in table  # a bound and an estimate, not an interval
+    rows = table.splitlines()[2:]
+    # the epsilon columns are a bound and an estimate, never written as an interval
+    assert all("| 1.50 | 2.00 |" in r or "| 1.50 violation | 2.00 |" in r for r in rows)
+    assert not any("[" in r for r in rows)  # these rows carry no interval at all
     assert "| none | none |" in table and "1.50 violation" in table
+    # the intervals the report has are written beside their value
+    report["paradigms"]["dp"].update(accuracy_ci=[0.89, 0.91], auc_ci=[0.55, 0.65])
+    assert "| 0.900 [0.890, 0.910] |" in summary_table(report) and "| 0.600 [0.550, 0.650] |" in summary_table(report)
 
 
 def test_ledger_parameters_read_the_theory_from_the_ledger(tmp_path):

@@ -35,15 +35,18 @@ from typing import Any
 import numpy as np
 from scipy.optimize import brentq
 from scipy.stats import beta as beta_dist
-from scipy.stats import binom
+from scipy.stats import binom, bootstrap, mannwhitneyu
+from scipy.stats import t as t_dist
 from sklearn.metrics import roc_auc_score, roc_curve
 
 __all__ = [
     "auc",
+    "bootstrap_auc",
     "bootstrap_tpr_at_fpr",
     "clopper_pearson",
     "epsilon_lower_bound",
     "is_violation",
+    "mean_interval",
     "one_run_epsilon_lower",
     "one_run_guesses",
     "roc",
@@ -93,6 +96,37 @@ def auc(stat: np.ndarray, membership: np.ndarray) -> float:
     """Area under the ROC curve (0.5 = chance)."""
     s, m = _flat(stat, membership)
     return float(roc_auc_score(m, s))
+
+
+def bootstrap_auc(stat: np.ndarray, membership: np.ndarray, rng: np.random.Generator,
+                  n_boot: int = 200) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of ``auc``, members and non-members resampled apart
+    (as ``bootstrap_tpr_at_fpr``), by ``scipy.stats.bootstrap``; the AUC of a replicate is the
+    Mann-Whitney U of members over non-members divided by their product (ties count one half)."""
+    if int(n_boot) < 2:
+        raise ValueError(f"n_boot: expected at least 2 replicates, got {n_boot}")
+    s, m = _flat(stat, membership)
+    pos, neg = s[m], s[~m]
+
+    def area(p: np.ndarray, n: np.ndarray, axis: int = -1) -> np.ndarray:
+        return mannwhitneyu(p, n, axis=axis).statistic / (p.shape[axis] * n.shape[axis])
+
+    result = bootstrap((pos, neg), area, n_resamples=int(n_boot), batch=16, vectorized=True,
+                       method="percentile", rng=rng)
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def mean_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Student-t confidence interval of the mean of ``values`` (e.g. a paradigm's per-run test
+    accuracies); a single value, or values that do not vary, give the point itself."""
+    x = np.asarray(values, dtype=np.float64).ravel()
+    if x.size == 0 or not np.all(np.isfinite(x)):
+        raise ValueError("values: expected one or more finite numbers")
+    mean = float(x.mean())
+    if x.size < 2 or float(x.std()) == 0.0:
+        return mean, mean
+    low, high = t_dist.interval(level, df=x.size - 1, loc=mean, scale=float(x.std(ddof=1)) / math.sqrt(x.size))
+    return float(low), float(high)
 
 
 def _tpr_at_fpr_sorted(pos: np.ndarray, neg_desc: np.ndarray, fpr_target: float) -> float:

@@ -38,9 +38,11 @@ from privevo.pipelines.audit.levels import mechanism_llr
 from privevo.pipelines.audit.lira import lira_offline, lira_online
 from privevo.pipelines.audit.metrics import (
     auc,
+    bootstrap_auc,
     bootstrap_tpr_at_fpr,
     epsilon_lower_bound,
     is_violation,
+    mean_interval,
     one_run_epsilon_lower,
     one_run_guesses,
     roc,
@@ -110,6 +112,8 @@ def _attack_stats(stat: np.ndarray, membership: np.ndarray, delta: float, rng: n
     scored on the other half (all observations of a run in the same half)."""
     flat_stat, flat_member = stat.ravel(), membership.ravel()
     out: dict[str, Any] = {"auc": float(auc(flat_stat, flat_member))}
+    # a child stream: the interval draws nothing from ``rng``, so the bounds below are unchanged
+    out["auc_ci"] = [float(v) for v in bootstrap_auc(flat_stat, flat_member, rng.spawn(1)[0], n_boot=n_boot)]
     for label, target in (("tpr_at_0.1pct_fpr", 0.001), ("tpr_at_1pct_fpr", 0.01)):
         tpr, negatives = tpr_at_fpr(flat_stat, flat_member, target)
         out[label] = float(tpr)
@@ -310,6 +314,7 @@ def reduce_audit(config: AuditConfig, out_dir: Path, data: AuditData | None = No
         has_mechanism = mech_stat is not None and bool(np.isfinite(mech_stat).all())
         entry: dict[str, Any] = {
             "kind": paradigm.kind, "accuracy": float(np.mean(accuracy)), "accuracy_std": float(np.std(accuracy)),
+            "accuracy_ci": [float(v) for v in mean_interval(accuracy)],
         }
         levels: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if paradigm.one_run:
@@ -450,9 +455,14 @@ def summary_table(report: dict[str, Any]) -> str:
     (not an interval); a bound above the claim is marked ``violation``. Where a canary is a group
     of copies, the claim is the group epsilon, labelled ``group privacy (r records)``.
     """
-    head = ("| paradigm | accounted epsilon | test accuracy | TPR @ 0.1% FPR | TPR @ 1% FPR | AUC "
-            "| empirical epsilon: 95% lower bound | point estimate | strongest attack |")
-    lines = [head, "|" + "---|" * 9]
+    head = ("| paradigm | accounted epsilon | test accuracy [95% CI] | TPR @ 0.1% FPR [95% CI] | TPR @ 1% FPR "
+            "| AUC [95% CI] | empirical epsilon: 95% lower bound | point estimate | RMIA online: TPR @ 0.1% FPR, AUC "
+            "| strongest attack |")
+    lines = [head, "|" + "---|" * 10]
+
+    def with_ci(value: float, ci: list[float] | None) -> str:
+        return f"{value:.3f}" if ci is None else f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
     rows = [(name, p, True) for name, p in report["paradigms"].items()]
     rows += [(name, p, False) for name, p in report.get("levels", {}).items()]
     for name, p, is_paradigm in rows:
@@ -464,7 +474,7 @@ def summary_table(report: dict[str, Any]) -> str:
         else:
             claim = "none" if p.get("epsilon_claim") is None else f"{p['epsilon_claim']:.2f}"
             eps = f"{claim} ({unit}; {p['epsilon']:.2f} per record)"
-        accuracy = f"{p['accuracy']:.3f}" if is_paradigm else "-"
+        accuracy = with_ci(p["accuracy"], p.get("accuracy_ci")) if is_paradigm else "-"
         low = p.get("epsilon_lower")
         bound = "-" if low is None else f"{low:.2f}" + (" (one run)" if p.get("one_run") else "")
         if p.get("violation"):
@@ -472,8 +482,11 @@ def summary_table(report: dict[str, Any]) -> str:
         point = "-" if p.get("epsilon_point") is None else f"{p['epsilon_point']:.2f}"
         best = p.get("strongest_attack")
         strongest = "-" if not best else f"{best['attack']} ({best['tpr_at_0.1pct_fpr']:.3f}, AUC {best['auc']:.3f})"
+        rmia = p.get("attacks", {}).get("rmia_online")
+        rmia_cell = "-" if rmia is None else f"{rmia['tpr_at_0.1pct_fpr']:.3f}, {rmia['auc']:.3f}"
         lines.append(
-            f"| {name} | {eps} | {accuracy} | {p['tpr_at_0.1pct_fpr']:.3f} | {p['tpr_at_1pct_fpr']:.3f} "
-            f"| {p['auc']:.3f} | {bound} | {point} | {strongest} |"
+            f"| {name} | {eps} | {accuracy} | {with_ci(p['tpr_at_0.1pct_fpr'], p.get('tpr_at_0.1pct_fpr_ci'))} "
+            f"| {p['tpr_at_1pct_fpr']:.3f} | {with_ci(p['auc'], p.get('auc_ci'))} | {bound} | {point} | {rmia_cell} "
+            f"| {strongest} |"
         )
     return "\n".join(lines)
