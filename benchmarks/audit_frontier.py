@@ -65,7 +65,7 @@ def frontier_row(name: str, entry: dict[str, Any], runs: int, source: str) -> di
         "tpr_at_0.1pct_fpr": entry["tpr_at_0.1pct_fpr"], "tpr_at_0.1pct_fpr_ci": entry["tpr_at_0.1pct_fpr_ci"],
         "tpr_at_0.1pct_fpr_negatives": entry.get("tpr_at_0.1pct_fpr_negatives"),
         "epsilon_lower": entry.get("epsilon_lower"), "epsilon_point": entry.get("epsilon_point"),
-        "auc": entry.get("auc"),
+        "auc": entry.get("auc"), "auc_ci": entry.get("auc_ci"),  # reports from before auc_ci: None
     }
 
 
