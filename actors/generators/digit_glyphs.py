@@ -466,9 +466,12 @@ def glyph_atlas(sources: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.nd
             slants.append(slant)
     # Italic fonts lean: a font's lean is the median, over its digits, of how much
     # more its glyph leans than the median glyph of that digit; rendering removes
-    # it, so that the shear parameter alone sets the slant.
+    # it, so that the shear parameter alone sets the slant. The median glyph is taken over the
+    # fonts and classic hand styles only, so that adding the extended styles moves no old glyph.
     slant_table = np.asarray(slants).reshape(-1, 10)
-    lean = np.median(slant_table - np.median(slant_table, axis=0, keepdims=True), axis=1)
+    classic = np.asarray([not is_hand(s) or int(s[len(HAND_PREFIX) :]) < HAND_STYLES for s in sources])
+    reference = slant_table[classic] if classic.any() else slant_table
+    lean = np.median(slant_table - np.median(reference, axis=0, keepdims=True), axis=1)
     fields = (np.stack(pens) + 1j * np.stack(outlines)).astype(np.complex64).reshape(-1)
     for arr in (fields,):
         arr.flags.writeable = False
