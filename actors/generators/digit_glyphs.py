@@ -1,8 +1,9 @@
 """Digit glyphs for the draw-digit simulator: fonts, hand styles, and their distance fields.
 
 A glyph of a digit comes from a font (only fonts that really draw '0'..'9',
-:func:`font_renders_digits`) or from one of a few built-in hand styles (pen strokes:
-a '1' with a flag and no base, a crossed '7', an open '4', ...). It is rasterised
+:func:`font_renders_digits`) or from one of the built-in hand styles (pen strokes:
+a '1' with a flag and no base, a crossed '7', an open '4', ...; :data:`HAND_STYLES`
+classic ones, :data:`HAND_STYLES_MAX` with the extended set). It is rasterised
 once, thinned to its skeleton, and turned into two distance fields on a common grid
 (:data:`FIELD_SIZE` samples a side, covering [-:data:`FIELD_RANGE`, :data:`FIELD_RANGE`]^2
 glyph units, :data:`FIELD_PPU` samples per unit): the distance to the skeleton (a pen

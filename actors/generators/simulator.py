@@ -4,7 +4,9 @@ A digit is drawn the way real digit sets were made, then finished like the data 
 the run is given (``generator.options.format``; rendering in :mod:`digit_render`):
 
 1. a glyph of the digit, from a font or from one of a few built-in hand styles (pen
-   strokes: a '1' with a flag and no base, a crossed '7', an open '4', ...), turned
+   strokes: a '1' with a flag and no base, a crossed '7', an open '4', ...; the grey
+   formats may use five more, ``hand_styles: 10``: a plain '1', a looped '2', a closed
+   '4', a one-stroke '9', ...; the style is a sample's ``font``), turned
    once, when the simulator loads, into two distance fields: distance to the glyph's
    skeleton (a pen of even width, like handwriting) and a signed distance to its
    outline (the font's own thick and thin strokes) (:mod:`digit_glyphs`);
@@ -44,8 +46,8 @@ and from summary statistics of the held-out split (ink per image, slant, column
 extent), never from the private split. The MNIST priors are first guesses from MNIST's
 documented process (pen width about a seventh of the digit's height, moderate slant and
 rotation); variants of them scored on a held-out set did no better, so they stand. The
-elastic and pressure scales of ``configs/digits28.yaml`` were chosen by PE runs scored on
-the held-out split (benchmarks/results/digits28.json).
+elastic and pressure scales and the ten hand styles of ``configs/digits28.yaml`` were chosen
+by PE runs scored on the held-out split (benchmarks/results/digits28.json).
 """
 
 from __future__ import annotations
