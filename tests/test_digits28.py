@@ -47,7 +47,7 @@ def test_the_recipe_runs_tiny_and_makes_28x28_grey_digits(tmp_path):
                     "population.shard_size=40", "resources.engine=in_process", "privacy.epsilon=10",
                     "evaluation.real_baseline=true")
     assert config.generator.kind == "simulator"
-    assert config.generator.options == {"format": "mnist", "elastic": 0.16, "pressure": 0.25, "hand_styles": 10}
+    assert config.generator.options == {"format": "mnist", "elastic": 0.16, "pressure": 0.25}
     assert config.vote.k == 4
     result = synthesize(config, tmp_path / "run", insecure_noise_seed=0)
     table = pq.read_table(tmp_path / "run" / "synthetic.parquet")
