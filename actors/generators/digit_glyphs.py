@@ -1,8 +1,9 @@
 """Digit glyphs for the draw-digit simulator: fonts, hand styles, and their distance fields.
 
 A glyph of a digit comes from a font (only fonts that really draw '0'..'9',
-:func:`font_renders_digits`) or from one of a few built-in hand styles (pen strokes:
-a '1' with a flag and no base, a crossed '7', an open '4', ...). It is rasterised
+:func:`font_renders_digits`) or from one of the built-in hand styles (pen strokes:
+a '1' with a flag and no base, a crossed '7', an open '4', ...; :data:`HAND_STYLES`
+classic ones, :data:`HAND_STYLES_MAX` with the extended set). It is rasterised
 once, thinned to its skeleton, and turned into two distance fields on a common grid
 (:data:`FIELD_SIZE` samples a side, covering [-:data:`FIELD_RANGE`, :data:`FIELD_RANGE`]^2
 glyph units, :data:`FIELD_PPU` samples per unit): the distance to the skeleton (a pen
@@ -162,7 +163,10 @@ def _thin(mask: np.ndarray) -> np.ndarray:
 # Fonts draw printed digits; people write some digits differently: a '1' with a long
 # flag and no base, a '7' with a crossbar, an open '4', a '9' with a straight stem.
 # These built-in styles draw each digit as pen strokes (polylines in a box x in
-# [0, 0.6], y in [0, 1], y down); style k uses variant k of each digit (cycling).
+# [0, 0.6], y in [0, 1], y down); style k uses variant k of each digit. Styles 0..4 are
+# the classic set (every format); styles 5..9 add the hands that MNIST's writers use and
+# the classic set lacks (the grey formats, ``hand_styles: 10``): a plain '1', a looped
+# '2', a one-stroke '9', closed and slanted '4's, curved '7' bars, and so on.
 
 
 def _arc(cx: float, cy: float, rx: float, ry: float, a0: float, a1: float, n: int = 40) -> list:
@@ -279,7 +283,89 @@ _HAND_VARIANTS: dict[int, list[list[list]]] = {
         [_arc(0.3, 0.2, 0.25, 0.2, 0, 360), _bezier((0.55, 0.2), (0.5, 0.6), (0.45, 1.0))],
     ],
 }
-HAND_STYLES = 5
+# Styles 5..9: the extended hands (grey formats only; appended so styles 0..4 never move).
+_EXTENDED_VARIANTS: dict[int, list[list[list]]] = {
+    0: [
+        [_arc(0.3, 0.5, 0.2, 0.49, 95, -285)],  # narrow, closed with an overlap at the top
+        [_rotated(_arc(0.3, 0.5, 0.26, 0.49, 0, 360), 15)],  # leaning left
+        [_arc(0.3, 0.5, 0.27, 0.48, 60, 400)],  # left open at the top right
+        [_arc(0.3, 0.5, 0.36, 0.47, 0, 360)],  # round
+        [_bezier((0.32, 0.0), (-0.1, 0.2), (0.0, 1.05), (0.35, 1.0))
+         + _bezier((0.35, 1.0), (0.7, 0.9), (0.55, 0.1), (0.32, 0.0))],  # pointed top
+    ],
+    1: [
+        [[(0.3, 0.0), (0.3, 1.0)]],  # one plain stroke
+        [_bezier((0.38, 0.0), (0.3, 0.5), (0.26, 1.0))],  # one stroke, slightly curved
+        [[(0.22, 0.1), (0.32, 0.0), (0.32, 1.0)]],  # a short hook at the top
+        [[(0.15, 0.22), (0.42, 0.0), (0.42, 1.0)]],  # European: a long up-stroke
+        [_bezier((0.3, 0.0), (0.42, 0.5), (0.28, 1.0))],  # bowed
+    ],
+    2: [
+        [_arc(0.3, 0.27, 0.26, 0.26, 160, -30) + _bezier((0.52, 0.4), (0.2, 0.75), (0.02, 0.98))
+         + _arc(0.14, 0.9, 0.12, 0.1, 219, -141) + [(0.6, 0.98)]],  # a loop at the bottom left
+        [[(0.05, 0.15)] + _bezier((0.05, 0.15), (0.3, -0.1), (0.6, 0.1), (0.5, 0.35))
+         + [(0.0, 1.0), (0.6, 1.0)]],  # small top, straight diagonal
+        [_arc(0.3, 0.28, 0.27, 0.27, 170, -40) + _bezier((0.5, 0.45), (0.2, 0.75), (0.02, 1.0))
+         + _bezier((0.02, 1.0), (0.3, 0.9), (0.45, 1.05), (0.62, 0.9))],  # wavy base
+        [_arc(0.3, 0.3, 0.3, 0.3, 180, -20) + [(0.1, 1.0), (0.5, 1.0)]],  # wide top, short base
+        [_arc(0.3, 0.3, 0.28, 0.3, 150, -60)
+         + _bezier((0.44, 0.56), (0.2, 0.8), (0.0, 1.0), (0.3, 0.95), (0.62, 1.0))],  # round top
+    ],
+    3: [
+        [_arc(0.3, 0.25, 0.26, 0.23, 160, -80) + [(0.2, 0.47)] + _arc(0.28, 0.73, 0.3, 0.27, 110, -160)],
+        [_arc(0.3, 0.26, 0.18, 0.25, 150, -90) + _arc(0.3, 0.74, 0.22, 0.26, 90, -150)],  # narrow
+        [_arc(0.3, 0.27, 0.32, 0.26, 150, -90) + _arc(0.3, 0.74, 0.32, 0.26, 90, -150)],  # wide
+        [_arc(0.3, 0.25, 0.25, 0.24, 160, -100), _arc(0.3, 0.74, 0.3, 0.27, 100, -160)],  # two strokes
+        [_rotated(_arc(0.27, 0.26, 0.26, 0.25, 155, -90) + _arc(0.27, 0.74, 0.3, 0.26, 90, -155), -10)],
+    ],
+    4: [
+        [_bezier((0.08, 0.0), (0.0, 0.45), (0.1, 0.6)) + [(0.6, 0.58)], [(0.48, 0.1), (0.48, 1.0)]],
+        [[(0.2, 0.0), (0.0, 0.5), (0.6, 0.5)], [(0.45, 0.15), (0.45, 1.0)]],
+        [_bezier((0.05, 0.0), (0.02, 0.6), (0.3, 0.6), (0.55, 0.5)), [(0.5, 0.0), (0.5, 1.0)]],  # a 'u' and a stem
+        [[(0.25, 0.0), (0.05, 0.55), (0.5, 0.55)], [(0.4, 0.2), (0.4, 1.0)]],  # narrow
+        [[(0.12, 0.0), (0.05, 0.5), (0.6, 0.52)], [(0.5, 0.0), (0.38, 1.0)]],  # slanted stem
+    ],
+    5: [
+        [[(0.6, 0.0), (0.15, 0.0), (0.1, 0.5)] + _arc(0.3, 0.74, 0.25, 0.25, 140, -160)],  # small belly
+        [[(0.58, 0.0), (0.2, 0.02), (0.05, 0.45)] + _arc(0.3, 0.7, 0.3, 0.28, 150, -140)],  # slanted stem
+        [_bezier((0.6, 0.0), (0.1, 0.0), (0.05, 0.45))
+         + _bezier((0.05, 0.45), (0.8, 0.3), (0.6, 1.1), (0.0, 0.9))],  # one curve
+        [[(0.55, 0.0), (0.1, 0.0), (0.1, 0.4)] + _arc(0.28, 0.68, 0.32, 0.32, 130, -170)],  # big belly
+        [[(0.5, 0.0), (0.15, 0.0), (0.12, 0.42)] + _arc(0.28, 0.7, 0.2, 0.28, 130, -150)],  # narrow
+    ],
+    6: [
+        [_bezier((0.55, 0.0), (0.1, 0.2), (0.05, 0.8)) + _arc(0.28, 0.82, 0.2, 0.17, 180, 530)],  # small loop
+        [[(0.5, 0.0), (0.1, 0.7)] + _arc(0.3, 0.76, 0.22, 0.23, 190, 550)],  # straight stem
+        [_bezier((0.5, 0.0), (0.1, 0.1), (0.02, 0.55)) + _arc(0.3, 0.64, 0.29, 0.35, 180, 530)],  # big loop
+        [_bezier((0.5, 0.0), (0.1, 0.2), (0.05, 0.75)) + _arc(0.3, 0.75, 0.25, 0.24, 180, 480)],  # open loop
+        [_bezier((0.45, 0.0), (0.15, 0.2), (0.1, 0.75)) + _arc(0.3, 0.76, 0.2, 0.23, 180, 540)],  # upright
+    ],
+    7: [
+        [_bezier((0.02, 0.08), (0.3, -0.04), (0.58, 0.02)) + [(0.22, 1.0)]],  # bowed bar
+        [[(0.02, 0.02), (0.58, 0.02), (0.42, 1.0)]],  # near-vertical stem
+        [[(0.1, 0.02), (0.55, 0.02), (0.1, 1.0)]],  # long slanted stem
+        [[(0.02, 0.1), (0.1, 0.02), (0.58, 0.02), (0.25, 1.0)], [(0.15, 0.5), (0.55, 0.5)]],  # European
+        [[(0.02, 0.02), (0.58, 0.02)] + _bezier((0.58, 0.02), (0.25, 0.5), (0.35, 1.0))],  # curved stem
+    ],
+    8: [
+        [_arc(0.3, 0.2, 0.16, 0.19, 0, 360), _arc(0.3, 0.68, 0.27, 0.3, 0, 360)],  # small top loop
+        [_figure_eight(top=0.55)],
+        [_rotated(_figure_eight(top=0.45), 10)],
+        [_figure_eight()[6:]],  # top loop left open
+        [[(0.3 + 0.6 * (x - 0.3), y) for x, y in _figure_eight(top=0.47)]],  # narrow
+    ],
+    9: [
+        [_LOOP9, _bezier((0.57, 0.25), (0.55, 0.8), (0.35, 1.0))],  # short curved tail
+        [_arc(0.3, 0.2, 0.22, 0.2, 0, 360), [(0.52, 0.2), (0.5, 1.0)]],  # small loop, long stem
+        [_arc(0.3, 0.25, 0.27, 0.24, -10, 350) + [(0.55, 1.0)]],  # one stroke
+        [_LOOP9, [(0.57, 0.25), (0.3, 1.0)]],  # stem slanted left
+        [_rotated(_arc(0.3, 0.25, 0.28, 0.2, 0, 360), 15, 0.3, 0.25), [(0.56, 0.25), (0.52, 1.0)]],
+    ],
+}
+for _digit, _extra in _EXTENDED_VARIANTS.items():
+    _HAND_VARIANTS[_digit] = _HAND_VARIANTS[_digit] + _extra
+HAND_STYLES = 5  # the classic set: every format's default
+HAND_STYLES_MAX = 10  # with the extended hands (grey formats)
 HAND_PREFIX = "hand-"
 
 
@@ -287,8 +373,7 @@ def _hand_mask(style: int, digit: int, size: int) -> np.ndarray:
     """Binary ink mask of one digit drawn with a thin pen in a hand style, cropped."""
     from PIL import Image, ImageDraw
 
-    variants = _HAND_VARIANTS[digit]
-    strokes = variants[style % len(variants)]
+    strokes = _HAND_VARIANTS[digit][style]
     scale = float(size)
     margin = size // 2
     im = Image.new("L", (int(scale) + 2 * margin, int(scale) + 2 * margin), 0)
@@ -305,10 +390,10 @@ def _hand_mask(style: int, digit: int, size: int) -> np.ndarray:
     return ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
-def is_hand(source: str) -> bool:
-    """Whether a font name is a built-in hand style, ``hand-0`` .. ``hand-{HAND_STYLES-1}``."""
+def is_hand(source: str, styles: int = HAND_STYLES_MAX) -> bool:
+    """Whether a font name is a built-in hand style among the first ``styles``, ``hand-0`` .. ``hand-{styles-1}``."""
     tail = source[len(HAND_PREFIX) :]
-    return source.startswith(HAND_PREFIX) and tail.isdigit() and int(tail) < HAND_STYLES
+    return source.startswith(HAND_PREFIX) and tail.isdigit() and int(tail) < min(styles, HAND_STYLES_MAX)
 
 
 # --------------------------------------------------------------------------- the atlas
@@ -382,9 +467,12 @@ def glyph_atlas(sources: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.nd
             slants.append(slant)
     # Italic fonts lean: a font's lean is the median, over its digits, of how much
     # more its glyph leans than the median glyph of that digit; rendering removes
-    # it, so that the shear parameter alone sets the slant.
+    # it, so that the shear parameter alone sets the slant. The median glyph is taken over the
+    # fonts and classic hand styles only, so that adding the extended styles moves no old glyph.
     slant_table = np.asarray(slants).reshape(-1, 10)
-    lean = np.median(slant_table - np.median(slant_table, axis=0, keepdims=True), axis=1)
+    classic = np.asarray([not is_hand(s) or int(s[len(HAND_PREFIX) :]) < HAND_STYLES for s in sources])
+    reference = slant_table[classic] if classic.any() else slant_table
+    lean = np.median(slant_table - np.median(reference, axis=0, keepdims=True), axis=1)
     fields = (np.stack(pens) + 1j * np.stack(outlines)).astype(np.complex64).reshape(-1)
     for arr in (fields,):
         arr.flags.writeable = False
