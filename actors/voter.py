@@ -65,6 +65,12 @@ def vote_peak_bytes(
 ) -> int:
     """An upper bound of a voter shard's array memory while it votes one class (see the module doc).
 
+    It counts the arrays alive at once, not what the process keeps resident: with the default
+    FAISS backend the resident peak stays inside it (tests/test_scale_voting.py measures VmHWM in
+    a fresh process), but the numpy and torch backends allocate and free a large distance block
+    per chunk, which the C allocator may keep mapped, so their resident peak can exceed it (torch:
+    about twice, at query_chunk 1024 and db_chunk 4096). Size ``db_chunk`` down there if memory is tight.
+
     ``n_held``: private samples the shard holds; ``n_c``/``n_s``: private and
     synthetic samples of the class; ``sample_bytes``: bytes of one synthetic
     sample as sent (default ``4 * d``, as for precomputed embeddings).
