@@ -108,8 +108,7 @@ def vote_matrix(
     scales the row (a canary present that many times). Summing the rows gives the vote histogram
     in vote units.
     """
-    q = np.asarray(queries, dtype=np.float32).reshape(len(queries), -1)
-    p = np.asarray(population, dtype=np.float32).reshape(len(population), -1)
+    q, p = _rows(queries), _rows(population)
     ql, pl = np.asarray(query_labels), np.asarray(population_labels)
     mult = np.ones(len(q)) if multiplicity is None else np.asarray(multiplicity, dtype=np.float64)
     rows, cols, vals = [], [], []
@@ -231,6 +230,18 @@ def _knn_distances(queries: np.ndarray, base: np.ndarray, k: int) -> np.ndarray:
     return np.linalg.norm(queries[:, None, :] - base[idx], axis=-1)
 
 
+def _rows(x: np.ndarray) -> np.ndarray:
+    """Samples as float32 feature rows (n, d)."""
+    return np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+
+
+def _of_label(rows: np.ndarray, labels: np.ndarray, label: int) -> np.ndarray:
+    """The rows of ``label``, or all rows where none has it: what a canary of that label is
+    compared with, by every synthetic-data-level score."""
+    mine = labels == label
+    return rows[mine] if np.count_nonzero(mine) else rows
+
+
 def synthetic_scores(
     canaries: np.ndarray,
     canary_labels: np.ndarray,
@@ -247,9 +258,7 @@ def synthetic_scores(
     where its label has too few. Returns ``{"distance": ..., "density_ratio": ...}``, each
     (n_canaries,), as described in the module docstring.
     """
-    c = np.asarray(canaries, dtype=np.float32).reshape(len(canaries), -1)
-    s = np.asarray(synthetic, dtype=np.float32).reshape(len(synthetic), -1)
-    h = np.asarray(heldout, dtype=np.float32).reshape(len(heldout), -1)
+    c, s, h = _rows(canaries), _rows(synthetic), _rows(heldout)
     cl, sl, hl = np.asarray(canary_labels), np.asarray(synthetic_labels), np.asarray(heldout_labels)
     if len(s) == 0 or len(h) == 0:
         raise ValueError("synthetic_scores: expected synthetic and held-out samples")
@@ -257,8 +266,7 @@ def synthetic_scores(
     ratio = np.empty(len(c))
     for label in np.unique(cl):
         ci = np.flatnonzero(cl == label)
-        s_rows = s[sl == label] if np.count_nonzero(sl == label) else s
-        h_rows = h[hl == label] if np.count_nonzero(hl == label) else h
+        s_rows, h_rows = _of_label(s, sl, label), _of_label(h, hl, label)
         kk = max(1, min(int(k), len(s_rows), len(h_rows)))
         ds = _knn_distances(c[ci], s_rows, kk)
         dh = _knn_distances(c[ci], h_rows, kk)
@@ -280,9 +288,7 @@ def data_only_scores(
     """The data-only attack's score of each canary (n_canaries,): the log ratio of the kNN
     density estimates of the synthetic set and of the public reference at the canary, per label
     (module docstring). Higher: more likely a member."""
-    c = np.asarray(canaries, dtype=np.float32).reshape(len(canaries), -1)
-    s = np.asarray(synthetic, dtype=np.float32).reshape(len(synthetic), -1)
-    p = np.asarray(reference, dtype=np.float32).reshape(len(reference), -1)
+    c, s, p = _rows(canaries), _rows(synthetic), _rows(reference)
     cl, sl, pl = np.asarray(canary_labels), np.asarray(synthetic_labels), np.asarray(reference_labels)
     if len(s) == 0 or len(p) == 0:
         raise ValueError("data_only_scores: expected synthetic and public reference samples")
@@ -293,8 +299,7 @@ def data_only_scores(
     out = np.empty(len(c))
     for label in np.unique(cl):
         ci = np.flatnonzero(cl == label)
-        s_rows = s[sl == label] if np.count_nonzero(sl == label) else s
-        p_rows = p[pl == label] if np.count_nonzero(pl == label) else p
+        s_rows, p_rows = _of_label(s, sl, label), _of_label(p, pl, label)
         ks, kp = min(int(k), len(s_rows)), min(int(k), len(p_rows))
         r_s = _knn_distances(c[ci], s_rows, ks)[:, -1]
         r_p = _knn_distances(c[ci], p_rows, kp)[:, -1]

@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import log_ndtr
 
-__all__ = ["lira_offline", "lira_online", "logit_confidence"]
+__all__ = ["lira_offline", "lira_online", "logit_confidence", "membership_matrix"]
 
 #: Floor on fitted variances, so a canary whose shadow scores all coincide gives a large but
 #: finite statistic instead of a division by zero.
@@ -76,13 +76,20 @@ def logit_confidence(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return target - rest
 
 
-def _check(scores: np.ndarray, membership: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    x = np.asarray(scores, dtype=np.float64)
+def membership_matrix(membership: np.ndarray) -> np.ndarray:
+    """``membership`` as the audit's (n_runs, n_canaries) bool matrix, or a TypeError/ValueError
+    naming it (the run-level attacks, LiRA and RMIA, take it this way)."""
     m = np.asarray(membership)
     if m.dtype != bool:
         raise TypeError(f"membership: expected a bool array, got dtype {m.dtype}")
     if m.ndim != 2:
         raise ValueError(f"membership: expected shape (n_runs, n_canaries), got {m.shape}")
+    return m
+
+
+def _check(scores: np.ndarray, membership: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(scores, dtype=np.float64)
+    m = membership_matrix(membership)
     if x.ndim == 2:
         x = x[..., None]
     if x.ndim != 3 or x.shape[:2] != m.shape:

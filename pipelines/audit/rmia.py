@@ -46,6 +46,8 @@ import numpy as np
 from scipy.special import log_expit, logsumexp
 from scipy.stats import rankdata
 
+from privevo.pipelines.audit.lira import membership_matrix
+
 __all__ = [
     "OFFLINE_A_GRID",
     "offline_coefficients",
@@ -62,11 +64,7 @@ OFFLINE_A_GRID = np.round(np.linspace(0.0, 1.0, 11), 10)
 def _check(scores: np.ndarray, population: np.ndarray, membership: np.ndarray) -> tuple[np.ndarray, ...]:
     x = np.asarray(scores, dtype=np.float64)
     z = np.asarray(population, dtype=np.float64)
-    m = np.asarray(membership)
-    if m.dtype != bool:
-        raise TypeError(f"membership: expected a bool array, got dtype {m.dtype}")
-    if m.ndim != 2:
-        raise ValueError(f"membership: expected shape (n_runs, n_canaries), got {m.shape}")
+    m = membership_matrix(membership)
     if x.shape != m.shape:
         raise ValueError(f"scores: expected shape {m.shape} to match membership, got {x.shape}")
     if z.ndim != 2 or z.shape[0] != m.shape[0] or z.shape[1] < 1:
