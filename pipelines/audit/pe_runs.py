@@ -187,7 +187,7 @@ def run_pe_chunk(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray, floa
     extra = synthetic_level(data, x_syn, y_syn, owner, len(runs))
     extra.update(mech, mechanism_mu_full_vote=mu_full)
     if per_generation:
-        extra.update(_generation_levels(chunk, sets), generation_epsilon=accounted_t, generation_mu=mu_t)
+        extra.update(_generation_levels(chunk, sets, extra), generation_epsilon=accounted_t, generation_mu=mu_t)
     if data.repeat > 1:
         extra["group_epsilon"] = group
     return x_syn, y_syn, owner, accounted, extra
@@ -303,10 +303,12 @@ def _run_generations(pe_config, run_dir: Path, data: AuditData, params: dict[str
 GENERATION_MODELS_PER_CALL = 320
 
 
-def _generation_levels(chunk: Chunk, sets: list[list[tuple[np.ndarray, np.ndarray]]]) -> dict[str, np.ndarray]:
+def _generation_levels(chunk: Chunk, sets: list[list[tuple[np.ndarray, np.ndarray]]],
+                       final: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Synthetic- and model-level scores of every canary against each run's ``S_t``, for every t:
-    the synthetic-data scores, and a classifier trained on ``S_t`` (the chunk's spec, run j's
-    seed whatever t, as the final classifier) scored as the chunk scores its final one. The
+    the synthetic-data scores (for ``S_T``, the released set, those already in ``final``,
+    ``synthetic_level``'s result on it), and a classifier trained on ``S_t`` (the chunk's spec,
+    run j's seed whatever t, as the final classifier) scored as the chunk scores its final one. The
     classifiers of several generations train as one batched model (``GENERATION_MODELS_PER_CALL``).
     Returns ``(R, T, C)`` arrays and the classifiers' test accuracy ``(R, T)``."""
     from privevo.actors.training.train import train_batched
@@ -316,13 +318,15 @@ def _generation_levels(chunk: Chunk, sets: list[list[tuple[np.ndarray, np.ndarra
     out = {key: np.empty((R, T, data.n_canaries)) for key in
            ("generation_synthetic_distance", "generation_synthetic_density_ratio", "generation_scores")}
     accuracy = np.empty((R, T))
-    for t in range(T):
+    for t in range(T - 1):
         x = np.concatenate([sets[j][t][0] for j in range(R)])
         y = np.concatenate([sets[j][t][1] for j in range(R)])
         owner = np.concatenate([np.full(len(sets[j][t][1]), j) for j in range(R)])
         syn = synthetic_level(data, x, y, owner, R)
         out["generation_synthetic_distance"][:, t] = syn["synthetic_distance"]
         out["generation_synthetic_density_ratio"][:, t] = syn["synthetic_density_ratio"]
+    out["generation_synthetic_distance"][:, T - 1] = final["synthetic_distance"]
+    out["generation_synthetic_density_ratio"][:, T - 1] = final["synthetic_density_ratio"]
     per_call = max(1, GENERATION_MODELS_PER_CALL // R)
     for first in range(0, T, per_call):
         ts = range(first, min(T, first + per_call))
