@@ -124,7 +124,8 @@ def clipped_grad_sum(
             raise ValueError("clipped_grad_sum: method 'ghost' supports the MLP and CNN only")
         r, b = yb.shape
         # a CNN forms its conv layers' unfolded inputs: a few runs at a time, max_elements at most
-        per_run = b * max((c * h * w * 9 for c, h, w in _conv_maps(template, xb)), default=0)
+        maps = template.block_inputs if isinstance(template, CNN) else []
+        per_run = b * max((c * h * w * 9 for c, h, w in maps), default=0)
         chunk = max(1, min(r, max_elements // max(1, per_run)))
         parts = [_ghost_clipped_sum(template, {k: v[i:i + chunk] for k, v in params.items()}, xb[i:i + chunk],
                                     yb[i:i + chunk], sampled[i:i + chunk], max_grad_norm) for i in range(0, r, chunk)]
@@ -148,18 +149,6 @@ def clipped_grad_sum(
         norms.append(nrm)
         del pe
     return {k: torch.cat(v) for k, v in sums.items()}, torch.cat(norms)
-
-
-def _conv_maps(template: nn.Module, xb: torch.Tensor) -> list[tuple[int, int, int]]:
-    """Shapes (C, H, W) of each conv layer's input for inputs xb (R, B, C, H, W) (none: MLP)."""
-    if not isinstance(template, CNN):
-        return []
-    c, h, w = xb.shape[2:]
-    shapes = []
-    for conv in template.convs:
-        shapes.append((int(c), int(h), int(w)))
-        c, h, w = conv.out_channels, h // 2, w // 2
-    return shapes
 
 
 def _ghost_clipped_sum(

@@ -134,7 +134,10 @@ class CNN(nn.Module):
         super().__init__()
         c, h, w = image_shape
         convs = []
+        #: (C, H, W) of each conv block's input
+        self.block_inputs: list[tuple[int, int, int]] = []
         for out_c in channels:
+            self.block_inputs.append((int(c), int(h), int(w)))
             convs.append(nn.Conv2d(c, out_c, 3, padding=1, device="meta"))
             c, h, w = out_c, h // 2, w // 2
             if h < 1 or w < 1:
