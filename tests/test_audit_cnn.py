@@ -311,8 +311,8 @@ def test_every_plugin_paradigm_takes_a_cnn(name, options):
 
 
 def test_an_audit_stored_before_training_arch_existed_resumes(tmp_path):
-    """A stored config without ``training.arch`` (an MLP audit written before the field) is the
-    same audit as today's MLP config; a CNN config is not."""
+    """A stored config without ``training.arch`` or ``per_generation`` (an MLP audit written
+    before the fields) is the same audit as today's MLP config; a CNN config is not."""
     import yaml
 
     from privevo.pipelines.audit.schedule import check_resume
@@ -322,6 +322,7 @@ def test_an_audit_stored_before_training_arch_existed_resumes(tmp_path):
     out.mkdir()
     stored = config.model_dump(mode="json")
     stored["training"] = {k: v for k, v in stored["training"].items() if k not in ("arch", "channels")}
+    stored["paradigms"] = [{k: v for k, v in p.items() if k != "per_generation"} for p in stored["paradigms"]]
     (out / "config.yaml").write_text(yaml.safe_dump(stored))
     check_resume(config, out, "test")
     cnn = AuditConfig.model_validate({**cnn_config({"kind": "digits"}), "training": {"hidden": [16], "arch": "cnn"}})

@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 import yaml
+from pydantic import ValidationError
 
 from privevo.pipelines.audit.canaries import paired_membership
 from privevo.pipelines.audit.chunks import train_chunk
-from privevo.pipelines.audit.config import AuditConfig, TrainingConfig
+from privevo.pipelines.audit.config import AuditConfig
 from privevo.pipelines.audit.data import AuditData, paradigm_runs, prepare_data
 from privevo.pipelines.audit.paradigms import AuditParadigm
 from privevo.pipelines.config import ConfigError, apply_overrides, config_differences
@@ -59,16 +60,13 @@ def check_resume(config: AuditConfig, out_dir: Path, source: str) -> None:
 
 
 def stored_in_current_terms(stored: Any, source: str) -> Any:
-    """A stored audit config in today's field names, so an audit written before a rename resumes:
+    """A stored audit config in today's terms, so an audit written by an older privevo resumes:
     a paradigm's ``set`` (``dotted.key=value`` strings) becomes the ``synthesize_overrides``
-    mapping those strings spell; a ``training`` section written before ``arch`` existed trained
-    the MLP (``arch: mlp``, ``channels`` unused, at their defaults)."""
+    mapping those strings spell, and a field added since (``training.arch``, ``per_generation``,
+    ...) takes its default, which is always the behaviour audits had before it existed. A stored
+    config that no longer validates is returned as read (the comparison then names what differs)."""
     if not isinstance(stored, dict) or not isinstance(stored.get("paradigms"), list):
         return stored
-    training = stored.get("training")
-    if isinstance(training, dict) and "arch" not in training:
-        defaults = TrainingConfig().model_dump(mode="json")
-        stored = {**stored, "training": {"arch": defaults["arch"], "channels": defaults["channels"], **training}}
     paradigms = []
     for p in stored["paradigms"]:
         if isinstance(p, dict) and "set" in p:
@@ -76,7 +74,11 @@ def stored_in_current_terms(stored: Any, source: str) -> Any:
             p = {k: v for k, v in p.items() if k != "set"}
             p["synthesize_overrides"] = apply_overrides({}, [str(v) for v in old], source)
         paradigms.append(p)
-    return {**stored, "paradigms": paradigms}
+    renamed = {**stored, "paradigms": paradigms}
+    try:
+        return AuditConfig.model_validate(renamed).model_dump(mode="json")
+    except ValidationError:
+        return renamed
 
 
 def existing_runs(folder: Path) -> set[int]:
