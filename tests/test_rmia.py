@@ -182,6 +182,37 @@ def test_rmia_finds_the_mislabeled_canaries_of_plain_training_and_nothing_in_run
         assert tpr_at_fpr(stat, m[blind], 0.01)[0] < 0.2
 
 
+def test_above_chance_reads_the_intervals_of_auc_and_low_fpr_tpr():
+    from privevo.pipelines.audit.reduce import above_chance, strongest_attack, summary_table
+
+    guess = {"auc": 0.52, "auc_ci": [0.49, 0.55], "tpr_at_0.1pct_fpr": 0.003, "tpr_at_0.1pct_fpr_ci": [0.0, 0.006]}
+    by_auc = {"auc": 0.54, "auc_ci": [0.51, 0.57], "tpr_at_0.1pct_fpr": 0.001, "tpr_at_0.1pct_fpr_ci": [0.0, 0.004]}
+    by_tail = {**guess, "tpr_at_0.1pct_fpr_ci": [0.002, 0.01]}  # AUC at chance, a few members found
+    assert above_chance(guess) is False and above_chance(by_auc) is True and above_chance(by_tail) is True
+    assert above_chance({"auc": 0.9, "tpr_at_0.1pct_fpr": 0.5}) is None  # no intervals: no claim either way
+    # the strongest is still named among guesses, flagged; by TPR first, so 'a' wins over 'b'
+    best = strongest_attack({"a": guess, "b": by_auc})
+    assert best["attack"] == "a" and best["above_chance"] is False
+    row = {"epsilon": 1.0, "accuracy": 0.9, "tpr_at_0.1pct_fpr": 0.003, "tpr_at_1pct_fpr": 0.01, "auc": 0.52}
+    table = summary_table({"paradigms": {"p": {**row, "strongest_attack": best}}})
+    assert "| a (0.003, AUC 0.520), not above chance |" in table
+    table = summary_table({"paradigms": {"p": {**row, "strongest_attack": strongest_attack({"b": by_auc})}}})
+    assert "not above chance" not in table
+
+
+def test_null_attacks_are_rarely_above_chance_and_planted_ones_are():
+    from privevo.pipelines.audit.reduce import above_chance, model_attacks
+
+    flagged = 0
+    for seed in range(10):
+        x, _, m = planted(seed, shift=0.0)
+        rows = model_attacks(x, m, 1e-5, np.random.default_rng(seed))
+        flagged += above_chance(rows["online_fixed_variance"])
+    assert flagged <= 2  # two one-sided 2.5% tails: about 1 in 20 nulls
+    x, _, m = planted(99, shift=1.0)
+    assert above_chance(model_attacks(x, m, 1e-5, np.random.default_rng(99))["online_fixed_variance"]) is True
+
+
 @pytest.mark.slow
 def test_report_has_rmia_and_the_strongest_attack(tiny_audit):
     from privevo.pipelines.audit.reduce import reduce_audit, summary_table
@@ -197,6 +228,7 @@ def test_report_has_rmia_and_the_strongest_attack(tiny_audit):
     rows = {f"model: {k}": v for k, v in none["attacks"].items()}
     top = max((v["tpr_at_0.1pct_fpr"], v["auc"]) for v in rows.values())
     assert (best["tpr_at_0.1pct_fpr"], best["auc"]) == top and best["attack"] in rows
+    assert best["above_chance"] is True  # plain training on mislabeled canaries: far from a guess
     assert none["tpr_at_0.1pct_fpr"] == none["attacks"]["online_fixed_variance"]["tpr_at_0.1pct_fpr"]  # headline kept
     assert "rmia_skipped" not in none
     assert f"| {best['attack']} (" in summary_table(report)

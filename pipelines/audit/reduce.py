@@ -17,7 +17,8 @@ plug-in ``epsilon_point``), its threshold chosen on a random half of the runs an
 other half. It is compared with what the paradigm claims for one canary (``epsilon_claim``).
 
 Each paradigm's ``strongest_attack`` names the attack, among all those run on it (model level,
-synthetic-data level, mechanism level), with the highest TPR at 0.1% FPR, ties broken by AUC; the
+synthetic-data level, mechanism level), with the highest TPR at 0.1% FPR, ties broken by AUC, and
+says whether it is above chance (its AUC's or its low-FPR TPR's 95% interval clear of a guess); the
 headline row stays LiRA online with fixed variance, so paradigms are compared on one attack.
 """
 
@@ -61,6 +62,7 @@ __all__ = [
     "one_run_report",
     "privacy_unit",
     "reduce_audit",
+    "above_chance",
     "strongest_attack",
     "summary_table",
 ]
@@ -159,13 +161,25 @@ def model_attacks(scores: np.ndarray, membership: np.ndarray, delta: float,
     return out
 
 
+def above_chance(row: dict[str, Any]) -> bool | None:
+    """Whether an attack's statistics tell it from guessing: the 95% interval of its AUC lies above
+    0.5, or that of its TPR at 0.1% FPR above 0.001 (a guess's TPR equals its FPR). None where the
+    row has neither interval."""
+    auc_ci, tpr_ci = row.get("auc_ci"), row.get("tpr_at_0.1pct_fpr_ci")
+    if auc_ci is None and tpr_ci is None:
+        return None
+    return bool((auc_ci is not None and auc_ci[0] > 0.5) or (tpr_ci is not None and tpr_ci[0] > 0.001))
+
+
 def strongest_attack(rows: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
     """The attack of ``rows`` (name -> its statistics) with the highest TPR at 0.1% FPR, ties
-    broken by AUC (then by the order of ``rows``)."""
+    broken by AUC (then by the order of ``rows``), and whether it is :func:`above_chance`: the
+    strongest of attacks that all guess is still named, with ``above_chance: false``."""
     if not rows:
         return None
     name = max(rows, key=lambda k: (rows[k]["tpr_at_0.1pct_fpr"], rows[k]["auc"]))
-    return {"attack": name, "tpr_at_0.1pct_fpr": rows[name]["tpr_at_0.1pct_fpr"], "auc": rows[name]["auc"]}
+    return {"attack": name, "tpr_at_0.1pct_fpr": rows[name]["tpr_at_0.1pct_fpr"], "auc": rows[name]["auc"],
+            "above_chance": above_chance(rows[name])}
 
 
 def _public(d: dict[str, Any]) -> dict[str, Any]:
@@ -410,7 +424,8 @@ def reduce_audit(config: AuditConfig, out_dir: Path, data: AuditData | None = No
                   "has online per-canary variance and offline, and RMIA (Zarifzadeh et al. 2024) online and "
                   "offline, leave-one-out, population: held-out samples no run trains on (see README). "
                   "strongest_attack: the attack on the paradigm (model, synthetic-data or mechanism level) with "
-                  "the highest TPR at 0.1% FPR, ties by AUC. Empirical epsilon: epsilon_lower is a one-sided 95% "
+                  "the highest TPR at 0.1% FPR, ties by AUC; above_chance: its AUC's 95% interval lies above 0.5 "
+                  "or its TPR's at 0.1% FPR above 0.001. Empirical epsilon: epsilon_lower is a one-sided 95% "
                   "lower confidence bound (threshold chosen on a random half of the runs, Clopper-Pearson bounds "
                   "on the other half), epsilon_point the plug-in estimate beside it; violation: epsilon_lower "
                   "above epsilon_claim (the accounted epsilon of one record, or of a group of repeat records for "
@@ -482,6 +497,8 @@ def summary_table(report: dict[str, Any]) -> str:
         point = "-" if p.get("epsilon_point") is None else f"{p['epsilon_point']:.2f}"
         best = p.get("strongest_attack")
         strongest = "-" if not best else f"{best['attack']} ({best['tpr_at_0.1pct_fpr']:.3f}, AUC {best['auc']:.3f})"
+        if best and best.get("above_chance") is False:
+            strongest += ", not above chance"
         rmia = p.get("attacks", {}).get("rmia_online")
         rmia_cell = "-" if rmia is None else f"{rmia['tpr_at_0.1pct_fpr']:.3f}, {rmia['auc']:.3f}"
         lines.append(
