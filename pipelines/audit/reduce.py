@@ -55,6 +55,7 @@ from privevo.pipelines.audit.rmia import rmia_offline, rmia_online
 from privevo.pipelines.files import write_json_atomic
 
 __all__ = [
+    "above_chance",
     "load_chunks",
     "mechanism_report",
     "model_attacks",
@@ -62,7 +63,6 @@ __all__ = [
     "one_run_report",
     "privacy_unit",
     "reduce_audit",
-    "above_chance",
     "strongest_attack",
     "summary_table",
 ]
