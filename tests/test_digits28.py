@@ -76,3 +76,35 @@ def test_folders_the_simulator_cannot_draw_are_refused_before_any_data_is_read(t
     # any other size or channel count is drawn by the plain resize
     check_config(load_config(CONFIG, [*folders, "data.image_size=[16, 24]", "data.channels=3",
                                       "generator.options={format: resize}"]), "digits28.yaml")
+
+
+
+
+def _as_sorted_rows(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(label, 784 pixels in 0..255) per digit, sorted: a set of labelled digits, comparable."""
+    rows = np.column_stack([labels, np.rint(images.reshape(len(images), -1) * 255.0)]).astype(np.int64)
+    return rows[np.lexsort(rows.T[::-1])]
+
+
+def test_the_dpsgd_yardstick_trains_and_scores_on_the_pe_benchmarks_folders(tmp_path):
+    """benchmarks.digits28_dpsgd trains on the same private digits and scores on the same held-out
+    digits that benchmarks.digits28 writes as folders for PE (a CSV of that format, both ways)."""
+    from benchmarks.digits28 import write_folders
+    from benchmarks.digits28_dpsgd import best, split
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 120)
+    csv = tmp_path / "digits.csv.gz"
+    np.savetxt(csv, np.column_stack([rng.integers(0, 256, size=(len(labels), 784)), labels]), fmt="%d",
+               delimiter=",")
+    write_folders(csv, tmp_path / "folders")
+    xp, yp, xh, yh = split(csv)
+    assert (len(yp), len(yh)) == (200, 1000)
+    for name, x, y in (("private", xp, yp), ("heldout", xh, yh)):
+        files = sorted((tmp_path / "folders" / name).glob("*/*.png"))
+        images = np.stack([np.asarray(Image.open(p)) for p in files]).astype(np.float32) / 255.0
+        folder_labels = np.asarray([int(p.parent.name) for p in files])
+        np.testing.assert_array_equal(_as_sorted_rows(images, folder_labels), _as_sorted_rows(x[:, 0], y))
+
+    rows = [{"accuracy": [0.8, 0.9]}, {"accuracy": [0.95, 0.6]}, {"accuracy": [0.86, 0.86]}]
+    assert best(rows) == {"accuracy": [0.86, 0.86], "mean": 0.86}
