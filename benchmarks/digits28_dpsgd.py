@@ -42,11 +42,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from benchmarks.common import RESULTS, machine, write_result
 from benchmarks.digits28 import OUT as PE_RESULTS
 from benchmarks.digits28 import load_mnist_5k, mnist_csv, split_rows
 
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "benchmarks" / "results" / "digits28-dpsgd.json"
+OUT = RESULTS / "digits28-dpsgd.json"
 DELTA = 1e-5
 MAX_GRAD_NORM = 1.0
 CHANNELS = (6, 12)  # configs/audit-digits28.yaml's CNN
@@ -186,11 +186,9 @@ def main(argv: list[str] | None = None) -> dict:
                                        "classifier": "RBF SVC on pixels (benchmarks/results/digits28.json)"},
         "runs": dpsgd,
         "plain_runs": plain,
-        "machine": {"cpus": os.cpu_count()},
+        "machine": machine(),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out = write_result(Path(args.out).parent, Path(args.out).stem, result)
     plot(result, out.with_suffix(".png"))
     return result
 
